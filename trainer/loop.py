@@ -1,0 +1,232 @@
+"""`train(config, sink, should_stop)`: the training loop, read top to bottom.
+
+Statistics are computed inside the step from what the loss already holds and reach the sink in
+chunks; the only per-batch host work is bookkeeping. A non-finite loss ends the run as diverged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.advice import advise
+from trainer.config import TrainConfig, from_dict
+from trainer.data import SoftLabelData, load_data
+from trainer.detector import CollapseDetector
+from trainer.evaluation import evaluate_predictions
+from trainer.losses import balanced_class_weights, objective_from_config
+from trainer.model import MLP
+from trainer.monitor import StatsRecorder, batch_stats
+from trainer.records import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
+from trainer.sinks import NullSink, Sink
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def resolve_class_weights(cfg: TrainConfig, train_targets: torch.Tensor) -> torch.Tensor | None:
+    if cfg.class_weights is None:
+        return None
+    if cfg.class_weights == "balanced":
+        return balanced_class_weights(train_targets)
+    return torch.tensor(cfg.class_weights, dtype=torch.float32, device=train_targets.device)
+
+
+def get_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    return cfg.lr
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # the base decay applies to every layer; the head's extra L2 is a loss term (logged on its own)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class _Run:
+    """State of one training run; `train()` below drives it."""
+
+    def __init__(self, cfg: TrainConfig, data: SoftLabelData, sink: Sink, device: torch.device) -> None:
+        self.cfg, self.sink, self.device = cfg, sink, device
+        torch.manual_seed(cfg.seed)
+        self.x = torch.from_numpy(data.x_train).to(device)
+        self.t = torch.from_numpy(data.t_train).to(device)
+        self.x_val = torch.from_numpy(data.x_val).to(device)
+        self.t_val = torch.from_numpy(data.t_val).to(device)
+        c = data.t_train.shape[1]
+        self.model = MLP(data.x_train.shape[1], cfg.hidden_sizes, c, cfg.dropout, cfg.activation).to(device)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.class_weights = resolve_class_weights(cfg, self.t)
+        self.steps_per_epoch = math.ceil(len(self.x) / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.recorder = StatsRecorder(c, device, capacity=cfg.flush_batches)
+        self.detector = CollapseDetector(cfg, data.profile, self.steps_per_epoch)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.warnings: list[CollapseWarning] = []
+        self.diverged_at: int | None = None
+        self.last_eval: EvalRecord | None = None
+        self.step = 0
+
+    def train_step(self, idx: torch.Tensor, epoch: int) -> None:
+        cfg = self.cfg
+        x, t = self.x[idx], self.t[idx]
+        lr = get_lr(cfg, self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits = self.model(x)  # (B, C)
+        parts = objective_from_config(logits, t, self.model.head.weight, cfg, self.class_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        self.optimizer.step()
+        if self.step % cfg.stats_interval == 0:
+            with torch.no_grad():
+                row = batch_stats(logits, t, parts, grad_norm, cfg.max_grad_norm, self.model.head.weight)
+            self.recorder.record(row, self.step, epoch, lr, len(idx))
+        self.step += 1
+
+    def deliver(self, chunks: list[BatchChunk]) -> None:
+        """Hand read-back chunks to the detector and the sink; note the first non-finite loss."""
+        for chunk in chunks:
+            self.sink.on_batches(chunk)
+            self._warn(self.detector.observe_batches(chunk))
+            loss = chunk.column("loss")
+            bad = np.flatnonzero(~np.isfinite(loss))
+            if bad.size and self.diverged_at is None:
+                self.diverged_at = int(chunk.steps[bad[0]])
+                if not any(w.kind == "nonfinite_loss" for w in self.warnings):
+                    self._warn([_nonfinite_warning(self.diverged_at, float(loss[bad[0]]), self.cfg)])
+
+    def _warn(self, new: list[CollapseWarning]) -> None:
+        for w in new:
+            self.warnings.append(w)
+            self.sink.on_warning(w)
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> None:
+        # a sync point, once per evaluation: the metrics are computed on the host
+        self.model.eval()
+        logits = torch.cat([self.model(xb) for xb in self.x_val.split(4096)])
+        parts = objective_from_config(logits, self.t_val, self.model.head.weight, self.cfg, self.class_weights)
+        self.model.train()
+        record = evaluate_predictions(
+            parts.probs.double().cpu().numpy(),
+            self.t_val.double().cpu().numpy(),
+            float(parts.total),
+            self.step,
+            epoch,
+        )
+        self.last_eval = record
+        self.sink.on_eval(record)
+        self._warn(self.detector.observe_eval(record))
+
+
+def _nonfinite_warning(step: int, value: float, cfg: TrainConfig) -> CollapseWarning:
+    """Raised by the loop itself when the detector has not already reported the non-finite loss."""
+    return CollapseWarning(
+        kind="nonfinite_loss",
+        severity="critical",
+        step=step,
+        message=f"The loss became {value} at step {step}; the run stopped as diverged.",
+        evidence={"loss": value},
+        advice=advise("nonfinite_loss", cfg),
+    )
+
+
+def train(
+    config: TrainConfig | dict[str, Any],
+    sink: Sink | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train one run; never raises for a training failure: the result's status says what happened."""
+    cfg = config if isinstance(config, TrainConfig) else from_dict(config)
+    sink = sink or NullSink()
+    should_stop = should_stop or (lambda: False)
+    started = time.perf_counter()
+    run: _Run | None = None
+    status, error, epoch = "completed", None, 0
+    try:
+        device = resolve_device(cfg.device)
+        data = load_data(cfg.data)
+        run = _Run(cfg, data, sink, device)
+        sink.on_start(_run_info(cfg, run, data, device))
+        status, epoch = _loop(run, should_stop)
+    except Exception as exc:  # the run fails; what was measured still reaches the sink
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    if run is not None:
+        try:
+            run.recorder.flush()
+            run.deliver(run.recorder.ready(wait=True))
+        except Exception as exc:
+            status, error = "failed", error or f"{type(exc).__name__}: {exc}"
+        if run.diverged_at is not None and status in ("completed", "cancelled"):
+            status = "diverged"
+    result = TrainResult(
+        status=status,
+        config=cfg.to_dict(),
+        steps=run.step if run else 0,
+        epochs=epoch,
+        duration_s=time.perf_counter() - started,
+        final_eval=run.last_eval if run else None,
+        warnings=run.warnings if run else [],
+        error=error,
+    )
+    sink.on_end(result)
+    return result
+
+
+def _loop(run: _Run, should_stop: Callable[[], bool]) -> tuple[str, int]:
+    cfg = run.cfg
+    last_flush = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(run.x), generator=run.shuffle).to(run.device)
+        for idx in order.split(cfg.batch_size):
+            if should_stop():
+                return "cancelled", epoch
+            run.train_step(idx, epoch)
+            now = time.perf_counter()
+            if run.recorder.full or now - last_flush >= cfg.flush_seconds:
+                run.recorder.flush()
+                last_flush = now
+            run.deliver(run.recorder.ready())
+            if run.diverged_at is not None:
+                return "diverged", epoch
+            if cfg.eval_interval and run.step % cfg.eval_interval == 0:
+                run.evaluate(epoch)
+        if not cfg.eval_interval:
+            run.evaluate(epoch)
+    if cfg.eval_interval and run.step % cfg.eval_interval != 0:
+        run.evaluate(cfg.epochs - 1)
+    return "completed", cfg.epochs
+
+
+def _run_info(cfg: TrainConfig, run: _Run, data: SoftLabelData, device: torch.device) -> RunInfo:
+    weights = run.class_weights
+    return RunInfo(
+        config=cfg.to_dict(),
+        device=str(device),
+        num_classes=data.t_train.shape[1],
+        columns=BATCH_COLUMNS,
+        profile=data.profile,
+        class_weights=weights.tolist() if weights is not None else [1.0] * data.t_train.shape[1],
+        n_parameters=sum(p.numel() for p in run.model.parameters()),
+        steps_per_epoch=run.steps_per_epoch,
+    )
