@@ -22,7 +22,7 @@ from trainer.detector import CollapseDetector
 from trainer.evaluation import evaluate_predictions
 from trainer.losses import balanced_class_weights, objective_from_config
 from trainer.model import MLP
-from trainer.monitor import StatsRecorder, batch_stats
+from trainer.monitor import StatsRecorder
 from trainer.records import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
 from trainer.sinks import NullSink, Sink
 
@@ -72,7 +72,14 @@ class _Run:
         self.class_weights = resolve_class_weights(cfg, self.t)
         self.steps_per_epoch = math.ceil(len(self.x) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.recorder = StatsRecorder(c, device, capacity=cfg.flush_batches)
+        self.recorder = StatsRecorder(
+            c,
+            device,
+            capacity=cfg.flush_batches,
+            temperature=cfg.temperature,
+            label_smoothing=cfg.label_smoothing,
+            max_grad_norm=cfg.max_grad_norm,
+        )
         self.detector = CollapseDetector(cfg, data.profile, self.steps_per_epoch)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.warnings: list[CollapseWarning] = []
@@ -97,9 +104,10 @@ class _Run:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         self.optimizer.step()
         if self.step % cfg.stats_interval == 0:
-            with torch.no_grad():
-                row = batch_stats(logits, t, parts, grad_norm, cfg.max_grad_norm, self.model.head.weight)
-            self.recorder.record(row, self.step, epoch, lr, len(idx))
+            with torch.no_grad():  # device ops only: the statistics are computed per chunk
+                head_norm = torch.linalg.vector_norm(self.model.head.weight)
+                values = torch.stack([parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, head_norm])
+                self.recorder.record(logits, t, values, self.step, epoch, lr)
         self.step += 1
 
     def deliver(self, chunks: list[BatchChunk]) -> None:

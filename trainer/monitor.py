@@ -1,7 +1,9 @@
-"""Per-batch statistics computed on the device from the tensors the loss already holds.
+"""Per-batch statistics at the cost of a few copies per batch.
 
-Each recorded batch becomes one row of a device buffer; rows reach the host in chunks, copied
-asynchronously on CUDA, so no batch forces a host sync.
+Each step copies what the loss already holds (raw logits, targets, the loss terms, grad norm, head
+weight norm) into a device buffer: four small ops. Every statistic is then computed for a whole
+chunk of batches at once, vectorised over the batch axis, and read back asynchronously on CUDA,
+so no batch forces a host sync and the per-batch kernel count stays small.
 """
 
 from __future__ import annotations
@@ -13,61 +15,67 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from trainer.losses import LossParts
 from trainer.records import BATCH_COLUMNS, BatchChunk
 
-# Columns filled on the host when a chunk is read back (they are host values already).
-HOST_COLUMNS = ("lr", "samples_per_s")
-DEVICE_COLUMNS = tuple(c for c in BATCH_COLUMNS if c not in HOST_COLUMNS)
 ONE_HOT_THRESHOLD = 0.99
+# Written by the step itself, in this order; everything else is derived per chunk.
+STEP_COLUMNS = ("loss", "loss_ce", "loss_entropy", "loss_final_l2", "grad_norm", "head_weight_norm")
+HOST_COLUMNS = ("lr", "samples_per_s")
 
 
-def batch_stats(
+def chunk_stats(
     logits: torch.Tensor,
     raw_targets: torch.Tensor,
-    parts: LossParts,
-    grad_norm: torch.Tensor,
+    step_values: torch.Tensor,
+    *,
+    temperature: float,
+    label_smoothing: float,
     max_grad_norm: float | None,
-    head_weight: torch.Tensor,
-) -> torch.Tensor:
-    """One row: DEVICE_COLUMNS then the predicted-class histogram, as a (K + C,) device tensor."""
-    z = logits.detach()  # (B, C) raw logits
-    p = parts.probs.detach()
-    h = parts.entropy.detach()  # (B,)
-    t = parts.targets  # (B, C) smoothed, no grad
-    b, c = z.shape
-    zmax, zmin = z.max(), z.min()
-    top2 = z.topk(2, dim=1).values if c > 1 else torch.cat([z, z], dim=1)
-    maxprob = p.max(dim=1).values  # (B,)
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Statistics of n batches: logits and targets (n, B, C), step_values (n, len(STEP_COLUMNS)).
+
+    Returns ({column: (n,)}, predicted-class histogram (n, C)). Temperature and smoothing are
+    applied exactly as in the loss (trainer/losses.py), so the entropy is the one the penalty saw.
+    """
+    n, b, c = logits.shape
+    z = logits.double()
+    t = raw_targets.double()
+    if label_smoothing:
+        t = t * (1.0 - label_smoothing) + label_smoothing / c
+    log_p = F.log_softmax(z / temperature, dim=-1)
+    p = log_p.exp()
+    h = -(p * log_p).sum(-1)  # (n, B)
+    maxprob, pred = p.max(-1)  # (n, B)
     # histogram by scatter_add: bincount / one_hot read the max back to the host on CUDA
-    hist = torch.zeros(c, device=z.device, dtype=p.dtype).scatter_add_(0, p.argmax(dim=1), torch.ones_like(maxprob)) / b
-    k = max(1, math.ceil(0.1 * b))
-    values = {
-        **{name: v.detach() for name, v in parts.terms().items()},
+    hist = torch.zeros(n, c, dtype=z.dtype, device=z.device).scatter_add_(1, pred, torch.ones_like(maxprob)) / b
+    top2 = z.topk(2, dim=-1).values if c > 1 else torch.cat([z, z], dim=-1)
+    flat = z.reshape(n, -1)
+    zmax, zmin = flat.max(1).values, flat.min(1).values
+    grad_norm = step_values[:, STEP_COLUMNS.index("grad_norm")].double()
+    stats = {name: step_values[:, j].double() for j, name in enumerate(STEP_COLUMNS)}
+    stats |= {
         "logit_max": zmax,
         "logit_min": zmin,
         "logit_range": zmax - zmin,
-        "logit_mean": z.mean(),
-        "logit_std": z.std(correction=0),
-        "logit_margin": (top2[:, 0] - top2[:, 1]).mean(),
-        "entropy_mean": h.mean(),
-        "entropy_min": h.min(),
-        "entropy_p10": h.kthvalue(k).values,
-        "target_entropy_mean": parts.target_entropy.mean(),
-        "maxprob_mean": maxprob.mean(),
-        "onehot_frac": (maxprob > ONE_HOT_THRESHOLD).float().mean(),
-        "target_onehot_frac": (raw_targets.max(dim=1).values > ONE_HOT_THRESHOLD).float().mean(),
-        "hist_top_share": hist.max(),
-        "hist_eff_classes": torch.exp(-torch.special.xlogy(hist, hist).sum()),
-        "output_diversity": p.std(dim=0, correction=0).mean(),
-        "target_diversity": t.std(dim=0, correction=0).mean(),
-        "grad_norm": grad_norm.detach(),
-        "clipped": (grad_norm > max_grad_norm).float() if max_grad_norm is not None else torch.zeros_like(zmax),
-        "head_weight_norm": head_weight.detach().norm(),
+        "logit_mean": flat.mean(1),
+        "logit_std": flat.std(1, correction=0),
+        "logit_margin": (top2[..., 0] - top2[..., 1]).mean(1),
+        "entropy_mean": h.mean(1),
+        "entropy_min": h.min(1).values,
+        "entropy_p10": h.kthvalue(max(1, math.ceil(0.1 * b)), dim=1).values,
+        "target_entropy_mean": -torch.special.xlogy(t, t).sum(-1).mean(1),
+        "maxprob_mean": maxprob.mean(1),
+        "onehot_frac": (maxprob > ONE_HOT_THRESHOLD).double().mean(1),
+        "target_onehot_frac": (raw_targets.amax(-1) > ONE_HOT_THRESHOLD).double().mean(1),
+        "hist_top_share": hist.max(1).values,
+        "hist_eff_classes": torch.exp(-torch.special.xlogy(hist, hist).sum(1)),
+        "output_diversity": p.std(1, correction=0).mean(-1),
+        "target_diversity": t.std(1, correction=0).mean(-1),
+        "clipped": (grad_norm > max_grad_norm).double() if max_grad_norm is not None else torch.zeros_like(zmax),
     }
-    row = torch.stack([values[name].to(p.dtype) for name in DEVICE_COLUMNS])
-    return torch.cat([row, hist])
+    return stats, hist
 
 
 @dataclass
@@ -81,26 +89,43 @@ class _Pending:
     seconds: float
 
 
-class StatsRecorder:
-    """Collects per-batch rows in a device buffer and hands them back as `BatchChunk`s.
+class _Buffers:
+    """Device storage for up to `capacity` batches of one batch size."""
 
-    Rows are written into the buffer by device ops only. `flush()` starts one copy of the filled
-    rows to (pinned) host memory; `ready()` returns the chunks whose copy has finished, asking the
-    device without waiting (`Event.query`), so the training loop never blocks on statistics.
-    Writes after a flush are ordered after its copy on the same stream, so one buffer suffices.
+    def __init__(self, capacity: int, batch: int, classes: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.logits = torch.empty((capacity, batch, classes), device=device, dtype=dtype)
+        self.targets = torch.empty((capacity, batch, classes), device=device, dtype=dtype)
+        self.step_values = torch.empty((capacity, len(STEP_COLUMNS)), device=device, dtype=torch.float32)
+
+
+class StatsRecorder:
+    """Collects per-batch tensors on the device and hands back `BatchChunk`s of statistics.
+
+    `record()` only copies. `flush()` computes the chunk's statistics and starts one copy to pinned
+    host memory; `ready()` returns the chunks whose copy has landed, asking the device without
+    waiting (`Event.query`). Writes after a flush are ordered after its reads on the same stream,
+    so buffers are reused at once. A batch of another size (the last of an epoch) flushes first.
     """
 
-    def __init__(self, num_classes: int, device: torch.device, capacity: int) -> None:
-        self.width = len(DEVICE_COLUMNS) + num_classes
-        self.num_classes = num_classes
-        self.device = device
-        self.capacity = capacity
-        self._buf = torch.empty((capacity, self.width), device=device)
+    def __init__(
+        self,
+        num_classes: int,
+        device: torch.device,
+        capacity: int,
+        *,
+        temperature: float = 1.0,
+        label_smoothing: float = 0.0,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        self.num_classes, self.device, self.capacity = num_classes, device, capacity
+        self._params = {"temperature": temperature, "label_smoothing": label_smoothing, "max_grad_norm": max_grad_norm}
+        self._buffers: dict[int, _Buffers] = {}
+        self._cur: _Buffers | None = None
+        self._batch = 0
         self._n = 0
         self._steps: list[int] = []
         self._epochs: list[int] = []
         self._lrs: list[float] = []
-        self._samples = 0
         self._since = time.perf_counter()
         self._pending: deque[_Pending] = deque()
 
@@ -108,19 +133,40 @@ class StatsRecorder:
     def full(self) -> bool:
         return self._n >= self.capacity
 
-    def record(self, row: torch.Tensor, step: int, epoch: int, lr: float, batch_size: int) -> None:
-        self._buf[self._n].copy_(row)
+    def record(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        step_values: torch.Tensor,
+        step: int,
+        epoch: int,
+        lr: float,
+    ) -> None:
+        """logits, targets (B, C); step_values (len(STEP_COLUMNS),) on the device."""
+        batch = logits.shape[0]
+        if batch != self._batch:
+            self.flush()
+            if batch not in self._buffers:
+                self._buffers[batch] = _Buffers(self.capacity, batch, self.num_classes, self.device, logits.dtype)
+            self._cur, self._batch = self._buffers[batch], batch
+        buf, i = self._cur, self._n
+        buf.logits[i].copy_(logits.detach())
+        buf.targets[i].copy_(targets)
+        buf.step_values[i].copy_(step_values)
         self._n += 1
         self._steps.append(step)
         self._epochs.append(epoch)
         self._lrs.append(lr)
-        self._samples += batch_size
 
     def flush(self) -> None:
         if self._n == 0:
             return
         now = time.perf_counter()
-        rows = self._buf[: self._n]
+        n, buf = self._n, self._cur
+        with torch.no_grad():
+            stats, hist = chunk_stats(buf.logits[:n], buf.targets[:n], buf.step_values[:n], **self._params)
+            device_cols = [c for c in BATCH_COLUMNS if c not in HOST_COLUMNS]
+            rows = torch.cat([torch.stack([stats[c] for c in device_cols], dim=1), hist], dim=1)  # (n, K + C)
         event = None
         if self.device.type == "cuda":
             host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
@@ -128,11 +174,9 @@ class StatsRecorder:
             event = torch.cuda.Event()
             event.record()
         else:
-            host = rows.clone()
-        self._pending.append(
-            _Pending(host, event, self._steps, self._epochs, self._lrs, self._samples, now - self._since)
-        )
-        self._n, self._steps, self._epochs, self._lrs, self._samples, self._since = 0, [], [], [], 0, now
+            host = rows
+        self._pending.append(_Pending(host, event, self._steps, self._epochs, self._lrs, n * self._batch, now - self._since))
+        self._n, self._steps, self._epochs, self._lrs, self._since = 0, [], [], [], now
 
     def ready(self, wait: bool = False) -> list[BatchChunk]:
         """Chunks whose copy has landed; with `wait`, all of them (a sync point, used at the end)."""
@@ -145,18 +189,17 @@ class StatsRecorder:
         return out
 
     def _to_chunk(self, p: _Pending) -> BatchChunk:
-        data = p.host.double().numpy()
-        k = len(DEVICE_COLUMNS)
-        n = len(p.steps)
-        values = np.empty((n, len(BATCH_COLUMNS)))
+        data = p.host.numpy()
+        device_cols = [c for c in BATCH_COLUMNS if c not in HOST_COLUMNS]
+        values = np.empty((len(p.steps), len(BATCH_COLUMNS)))
         for j, name in enumerate(BATCH_COLUMNS):
-            if name in DEVICE_COLUMNS:
-                values[:, j] = data[:, DEVICE_COLUMNS.index(name)]
+            if name not in HOST_COLUMNS:
+                values[:, j] = data[:, device_cols.index(name)]
         values[:, BATCH_COLUMNS.index("lr")] = p.lrs
         values[:, BATCH_COLUMNS.index("samples_per_s")] = p.samples / p.seconds if p.seconds > 0 else np.nan
         return BatchChunk(
             steps=np.asarray(p.steps, dtype=np.int64),
             epochs=np.asarray(p.epochs, dtype=np.int64),
             values=values,
-            class_hist=data[:, k:].copy(),
+            class_hist=data[:, len(device_cols) :].copy(),
         )
