@@ -20,7 +20,7 @@ from trainer.config import TrainConfig, from_dict
 from trainer.data import SoftLabelData, load_data
 from trainer.detector import CollapseDetector
 from trainer.evaluation import evaluate_predictions
-from trainer.losses import balanced_class_weights, objective_from_config
+from trainer.losses import LossParts, balanced_class_weights, objective_from_config
 from trainer.model import MLP
 from trainer.monitor import StatsRecorder
 from trainer.records import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
@@ -54,6 +54,46 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def optimization_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cfg: TrainConfig,
+    class_weights: torch.Tensor | None,
+) -> tuple[torch.Tensor, LossParts, torch.Tensor]:
+    """Forward, objective, backward, clipping, update; returns logits (B, C), the loss parts, grad norm."""
+    logits = model(x)  # (B, C)
+    parts = objective_from_config(logits, t, model.head.weight, cfg, class_weights)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if cfg.max_grad_norm is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    optimizer.step()
+    return logits, parts, grad_norm
+
+
+def record_step(
+    recorder: StatsRecorder,
+    model: torch.nn.Module,
+    logits: torch.Tensor,
+    t: torch.Tensor,
+    parts: LossParts,
+    grad_norm: torch.Tensor,
+    step: int,
+    epoch: int,
+    lr: float,
+) -> None:
+    """Hand one step's tensors to the recorder: device ops only, the statistics come per chunk."""
+    with torch.no_grad():
+        head_norm = torch.linalg.vector_norm(model.head.weight)
+        values = torch.stack([parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, head_norm])
+        recorder.record(logits, t, values, step, epoch, lr)
 
 
 class _Run:
@@ -93,21 +133,9 @@ class _Run:
         lr = get_lr(cfg, self.step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits = self.model(x)  # (B, C)
-        parts = objective_from_config(logits, t, self.model.head.weight, cfg, self.class_weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.max_grad_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        self.optimizer.step()
+        logits, parts, grad_norm = optimization_step(self.model, self.optimizer, x, t, cfg, self.class_weights)
         if self.step % cfg.stats_interval == 0:
-            with torch.no_grad():  # device ops only: the statistics are computed per chunk
-                head_norm = torch.linalg.vector_norm(self.model.head.weight)
-                values = torch.stack([parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, head_norm])
-                self.recorder.record(logits, t, values, self.step, epoch, lr)
+            record_step(self.recorder, self.model, logits, t, parts, grad_norm, self.step, epoch, lr)
         self.step += 1
 
     def deliver(self, chunks: list[BatchChunk]) -> None:

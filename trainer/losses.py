@@ -8,9 +8,13 @@ objective = soft CE(softmax(z / T), smoothed targets; class weights)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 
 def smooth_targets(targets: torch.Tensor, eps: float) -> torch.Tensor:
@@ -110,7 +114,13 @@ def objective(
     return LossParts(ce + ent + l2, ce, ent, l2, log_probs, probs, h, t, h_t)
 
 
-def objective_from_config(logits, targets, head_weight, cfg, class_weights) -> LossParts:  # noqa: ANN001
+def objective_from_config(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    head_weight: torch.Tensor,
+    cfg: TrainConfig,
+    class_weights: torch.Tensor | None,
+) -> LossParts:
     """`objective` with every regularizer taken from a TrainConfig."""
     return objective(
         logits,

@@ -175,7 +175,9 @@ class StatsRecorder:
             event.record()
         else:
             host = rows
-        self._pending.append(_Pending(host, event, self._steps, self._epochs, self._lrs, n * self._batch, now - self._since))
+        self._pending.append(
+            _Pending(host, event, self._steps, self._epochs, self._lrs, n * self._batch, now - self._since)
+        )
         self._n, self._steps, self._epochs, self._lrs, self._since = 0, [], [], [], now
 
     def ready(self, wait: bool = False) -> list[BatchChunk]:

@@ -23,6 +23,6 @@ def test_trainer_modules_import_no_web_or_database_code():
 
 
 def test_importing_trainer_loads_none_of_them():
-    code = "import sys, trainer; print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (FORBIDDEN,)
+    code = f"import sys, trainer; print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=TRAINER.parent)
     assert out.stdout.strip() == "[]"

@@ -82,7 +82,7 @@ def test_load_from_toml_and_json_files(tmp_path):
     assert load_config(js) == cfg
     bad = tmp_path / "bad.toml"
     bad.write_text("temperature = = 3")
-    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
         load_config(bad)
 
 

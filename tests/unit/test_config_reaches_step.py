@@ -115,7 +115,9 @@ def test_table_data_reaches_the_step(tmp_path):
     path = tmp_path / "t.csv"
     rows = ["f0,f1,label"] + [f"{a:.3f},{b:.3f},{int(a > 0) + 2 * int(b > 0)}" for a, b in rng.normal(size=(80, 2))]
     path.write_text("\n".join(rows) + "\n")
-    sink = run({"data": {"kind": "table", "path": str(path), "label_column": "label", "num_classes": 4},
-                "min_entropy": 1.0}, steps=1)
+    sink = run(
+        {"data": {"kind": "table", "path": str(path), "label_column": "label", "num_classes": 4}, "min_entropy": 1.0},
+        steps=1,
+    )
     assert sink.info.profile.n_features == 2 and sink.info.num_classes == 4
     assert sink.info.profile.target_onehot_frac == 1.0, "hard labels become one-hot targets"

@@ -11,8 +11,14 @@ from trainer import JsonlSink, ListSink, from_dict, train
 from trainer import loop as loop_module
 from trainer.records import BATCH_COLUMNS, EVAL_METRICS
 
-TINY = {"hidden_sizes": [16], "batch_size": 32, "epochs": 2, "device": "cpu", "lr": 0.01,
-        "data": {"n_samples": 160, "n_features": 6}}
+TINY = {
+    "hidden_sizes": [16],
+    "batch_size": 32,
+    "epochs": 2,
+    "device": "cpu",
+    "lr": 0.01,
+    "data": {"n_samples": 160, "n_features": 6},
+}
 
 
 def test_every_batch_reaches_the_sink_in_order_with_evaluations():

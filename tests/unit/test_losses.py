@@ -96,7 +96,7 @@ def _objective(**overrides):
 
 
 def test_objective_is_the_sum_of_its_named_terms_computed_directly():
-    logits, targets, head, parts, kw = _objective()
+    logits, targets, head, parts, _ = _objective()
     t = (1 - 0.1) * targets + 0.1 / 4
     p = torch.softmax(logits / 2.0, -1)
     ce = -(t * torch.log(p)).sum(1).mean()

@@ -63,8 +63,14 @@ def test_chunk_statistics_match_direct_computation_batch_by_batch():
 
 
 def test_never_clipped_without_clipping():
-    stats, _ = chunk_stats(torch.randn(1, 8, 4), torch.softmax(torch.randn(1, 8, 4), -1),
-                           torch.full((1, 6), 50.0), temperature=1.0, label_smoothing=0.0, max_grad_norm=None)
+    stats, _ = chunk_stats(
+        torch.randn(1, 8, 4),
+        torch.softmax(torch.randn(1, 8, 4), -1),
+        torch.full((1, 6), 50.0),
+        temperature=1.0,
+        label_smoothing=0.0,
+        max_grad_norm=None,
+    )
     assert stats["clipped"].item() == 0.0
 
 
@@ -72,8 +78,14 @@ def test_nan_logits_come_through_as_nan():
     logits = torch.randn(1, 8, 4)
     logits[0, 2, 1] = float("nan")
     values = torch.tensor([[float("nan"), 0, 0, 0, 1, 1]])
-    stats, _ = chunk_stats(logits, torch.softmax(torch.randn(1, 8, 4), -1), values,
-                           temperature=1.0, label_smoothing=0.0, max_grad_norm=None)
+    stats, _ = chunk_stats(
+        logits,
+        torch.softmax(torch.randn(1, 8, 4), -1),
+        values,
+        temperature=1.0,
+        label_smoothing=0.0,
+        max_grad_norm=None,
+    )
     assert math.isnan(stats["loss"].item()) and math.isnan(stats["logit_mean"].item())
 
 

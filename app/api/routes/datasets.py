@@ -1,0 +1,43 @@
+"""Upload (validated, row and column named on error) and list user datasets."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from app import crud
+from app.api.deps import SessionDep, SettingsDep
+from app.models import Dataset, DatasetPublic
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+@router.post("", response_model=DatasetPublic, status_code=201)
+def upload_dataset(
+    session: SessionDep,
+    settings: SettingsDep,
+    file: Annotated[
+        UploadFile, File(description="CSV, Parquet or NPZ: features plus a label or one probability column per class")
+    ],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    label_column: Annotated[str | None, Form()] = None,
+) -> Dataset:
+    return crud.create_dataset(
+        session=session,
+        data_dir=settings.data_dir,
+        upload=file.file,
+        filename=file.filename or "upload",
+        name=name,
+        label_column=label_column,
+    )
+
+
+@router.get("", response_model=list[DatasetPublic])
+def list_datasets(session: SessionDep) -> list[Dataset]:
+    return crud.list_datasets(session=session)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def read_dataset(session: SessionDep, dataset_id: int) -> Dataset:
+    return crud.get_dataset(session=session, dataset_id=dataset_id)

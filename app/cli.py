@@ -1,0 +1,194 @@
+"""`collapsewatch serve | worker | submit`: the web app with its workers, extra workers, and a client.
+
+`serve` runs uvicorn and N worker processes on one database; `worker` adds workers (e.g. on other
+machines against PostgreSQL); `submit` queues a run from a TOML/JSON file and can wait for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from app.core.config import Settings
+
+EXIT_COMPLETED, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "database_url", "workers", "data_dir")}
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.worker import WorkerPool
+
+    settings = _settings(args)
+    app = create_app(settings)  # creates or upgrades the schema before any worker starts
+    if settings.workers:
+        app.state.worker_pool = WorkerPool(
+            settings.database_url,
+            settings.workers,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            stale_after_seconds=settings.stale_after_seconds,
+        )
+    print(
+        f"collapsewatch: http://{settings.host}:{settings.port}  database {settings.database_url}  "
+        f"workers {settings.workers}",
+        flush=True,
+    )
+    # open event streams would hold a graceful shutdown forever: give them a few seconds
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=3)
+    # uvicorn handles SIGINT/SIGTERM (the lifespan then stops the workers) and re-raises the signal
+    # afterwards: a handler of our own turns that into a normal exit with interpreter cleanup
+    signal.signal(signal.SIGTERM, _exit_normally)
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        uvicorn.Server(config).run()
+    return 0
+
+
+def _exit_normally(*_: object) -> None:
+    raise SystemExit(0)
+
+
+def worker(args: argparse.Namespace) -> int:
+    from app.db import init_db, make_engine
+    from app.worker import WorkerPool, default_worker_name, run_worker
+
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    timing = {"heartbeat_seconds": settings.heartbeat_seconds, "stale_after_seconds": settings.stale_after_seconds}
+    print(f"collapsewatch worker: {settings.workers or 1} on {settings.database_url}", flush=True)
+    if (settings.workers or 1) == 1:
+        run_worker(engine, name=default_worker_name(), stop=stop, **timing)
+        return 0
+    engine.dispose()
+    pool = WorkerPool(settings.database_url, settings.workers, **timing)
+    pool.start()
+    try:
+        while not stop.wait(1.0) and any(p.is_alive() for p in pool.processes):
+            pass
+    finally:
+        pool.stop()
+    return 0
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    values = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError("the file must hold a table of config fields")
+    return values
+
+
+def submit(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        values = _read_config_file(Path(args.config_file))
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        print(f"error: cannot read {args.config_file}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    file_preset = values.pop("preset", None)
+    body = {"preset": args.preset or file_preset or "fixed", "config": values, "name": args.name}
+    server = args.server.rstrip("/")
+    try:
+        with httpx.Client(base_url=server, timeout=30.0) as client:
+            response = client.post("/api/runs", json=body)
+            if response.status_code == 422:
+                print(f"error: {args.config_file} was rejected:", file=sys.stderr)
+                for item in response.json()["detail"]:
+                    print(f"  {'.'.join(str(p) for p in item['loc'][1:])}: {item['msg']}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            response.raise_for_status()
+            run = response.json()
+            print(f"queued run {run['id']} ({run['name']}): {server}/runs/{run['id']}", flush=True)
+            return wait_for_run(client, run["id"]) if args.wait else EXIT_COMPLETED
+    except httpx.HTTPError as exc:
+        print(f"error: {server}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def _progress(run: dict[str, Any]) -> str:
+    latest = run.get("latest") or {}
+    parts = [f"[{run['status']}] step {run['steps']}"]
+    for key, label, fmt in (
+        ("loss", "loss", ".4f"),
+        ("entropy_mean", "entropy", ".3f"),
+        ("onehot_frac", "one-hot", ".0%"),
+        ("hist_top_share", "top class", ".0%"),
+    ):
+        if isinstance(latest.get(key), int | float):
+            parts.append(f"{label} {latest[key]:{fmt}}")
+    return "  ".join(parts)
+
+
+def wait_for_run(client: Any, run_id: int, poll_seconds: float = 1.0) -> int:
+    """Print progress until the run finishes, then its warnings with advice; 0 only when it completed."""
+    last_line, last_print = "", 0.0
+    try:
+        while True:
+            run = client.get(f"/api/runs/{run_id}").raise_for_status().json()
+            line = _progress(run)
+            finished = run["status"] not in ("queued", "running")
+            if line != last_line and (finished or time.monotonic() - last_print >= 2.0):
+                print(line, flush=True)
+                last_line, last_print = line, time.monotonic()
+            if finished:
+                break
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        print(f"stopped waiting; run {run_id} goes on on the server", file=sys.stderr)
+        return 130
+    for w in client.get(f"/api/runs/{run_id}/warnings").raise_for_status().json():
+        print(f"{w['severity'].upper()} {w['kind']} at step {w['step']}: {w['message']}")
+        if w.get("advice"):
+            print(f"  advice: {w['advice']['message']}  (overrides: {json.dumps(w['advice']['overrides'])})")
+    print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
+    return EXIT_COMPLETED if run["status"] == "completed" else EXIT_NOT_COMPLETED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collapsewatch", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="the web app plus N worker processes")
+    p.add_argument("--host", help="default 127.0.0.1 (COLLAPSEWATCH_HOST)")
+    p.add_argument("--port", type=int, help="default 8000 (COLLAPSEWATCH_PORT)")
+    p.add_argument("--database-url", help="default sqlite:///./collapsewatch.db (COLLAPSEWATCH_DATABASE_URL)")
+    p.add_argument("--workers", type=int, help="worker processes, 0 for none; default 2 (COLLAPSEWATCH_WORKERS)")
+    p.add_argument("--data-dir", type=Path, help="where uploads are stored; default ./data")
+    p.set_defaults(func=serve)
+
+    p = commands.add_parser("worker", help="only workers (e.g. on another machine sharing a PostgreSQL database)")
+    p.add_argument("--database-url", help="default sqlite:///./collapsewatch.db (COLLAPSEWATCH_DATABASE_URL)")
+    p.add_argument("--workers", type=int, help="worker processes; default 2 (COLLAPSEWATCH_WORKERS)")
+    p.set_defaults(func=worker)
+
+    p = commands.add_parser("submit", help="queue a run from a TOML or JSON config file")
+    p.add_argument("config_file", help="config fields (may name a `preset`); nested [data] table allowed")
+    p.add_argument("--server", default="http://127.0.0.1:8000", help="default http://127.0.0.1:8000")
+    p.add_argument("--preset", help="start from this preset (default: the file's `preset`, else fixed)")
+    p.add_argument("--name", help="run name (default: '<preset> #<id>')")
+    p.add_argument("--wait", action="store_true", help="print progress and warnings; exit 0 only if it completed")
+    p.set_defaults(func=submit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,1 @@
+"""Process-wide settings of the collapsewatch web app and its workers."""

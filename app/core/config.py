@@ -1,0 +1,25 @@
+"""One `Settings` object, read from `COLLAPSEWATCH_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the database and uploads live, where to listen, and how workers keep in touch."""
+
+    model_config = SettingsConfigDict(env_prefix="COLLAPSEWATCH_", extra="ignore")
+
+    database_url: str = "sqlite:///./collapsewatch.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=2, ge=0, le=256)
+    data_dir: Path = Path("./data")
+    heartbeat_seconds: float = Field(default=1.0, gt=0)
+    # a running run whose worker has been silent this long is marked failed (see app/worker.py)
+    stale_after_seconds: float = Field(default=15.0, gt=0)
+    # how often the web server itself looks for such runs
+    reap_interval_seconds: float = Field(default=5.0, gt=0)

@@ -1,0 +1,311 @@
+"""Keyword-only functions over runs, statistics, warnings, presets and datasets (API and pages share them).
+
+They raise `app.errors.NotFound` (404) and `app.errors.InputError` (422); never an HTTP exception.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import delete, func, update
+from sqlmodel import Session, col, select
+
+from app.errors import InputError, NotFound, config_error_items, table_error_items
+from app.models import (
+    SUMMARY_COLUMNS,
+    BatchStat,
+    Dataset,
+    EvalPublic,
+    EvalStat,
+    PresetPublic,
+    Run,
+    RunCreate,
+    RunPublic,
+    RunsPage,
+    RunSummary,
+    RunWarning,
+    StatBlock,
+    WarningPublic,
+    utcnow,
+)
+from app.stats import get_stats
+from app.values import finite_or_none, split_nonfinite
+from trainer import (
+    BATCH_COLUMNS,
+    PRESET_DESCRIPTIONS,
+    ConfigError,
+    TableError,
+    from_dict,
+    preset,
+    preset_names,
+    read_table_summary,
+)
+
+__all__ = [
+    "apply_advice",
+    "cancel_run",
+    "create_dataset",
+    "create_run",
+    "delete_run",
+    "get_dataset",
+    "get_run",
+    "get_stats",
+    "list_datasets",
+    "list_evals",
+    "list_presets",
+    "list_runs",
+    "list_warnings",
+    "run_public",
+    "run_summary",
+]
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz")
+
+
+# --- runs -------------------------------------------------------------------------------------------
+def create_run(*, session: Session, run_in: RunCreate) -> Run:
+    """Validate the preset plus overrides (and the dataset, parent) and queue the run; nothing is
+    stored when anything is invalid."""
+    config = dict(run_in.config)
+    preset_name = config.pop("preset", run_in.preset)  # a config file may name its preset
+    if run_in.parent_id is not None and session.get(Run, run_in.parent_id) is None:
+        raise InputError.at(["body", "parent_id"], f"Run {run_in.parent_id} not found")
+    if run_in.dataset_id is not None:
+        dataset = session.get(Dataset, run_in.dataset_id)
+        if dataset is None:
+            raise InputError.at(["body", "dataset_id"], f"Dataset {run_in.dataset_id} not found")
+        data = config.get("data", {})
+        if isinstance(data, dict):  # anything else is reported by from_dict below
+            config["data"] = {**data, **dataset_data(dataset)}
+    try:
+        cfg = from_dict(config, base=preset_name)
+    except ConfigError as exc:
+        raise InputError(config_error_items(exc)) from exc
+    run = Run(
+        name=run_in.name or "",
+        preset=str(preset_name),
+        config=cfg.to_dict(),
+        num_classes=cfg.num_classes,
+        dataset_id=run_in.dataset_id,
+        parent_id=run_in.parent_id,
+    )
+    return _queue(session, run, default_name=f"{preset_name} #{{id}}")
+
+
+def dataset_data(dataset: Dataset) -> dict[str, Any]:
+    """The `data` config that trains on an uploaded dataset."""
+    return {
+        "kind": "table",
+        "path": dataset.path,
+        "label_column": dataset.label_column,
+        "num_classes": dataset.num_classes,
+    }
+
+
+def _queue(session: Session, run: Run, default_name: str) -> Run:
+    session.add(run)
+    session.flush()
+    if not run.name:
+        run.name = default_name.format(id=run.id)
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def get_run(*, session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"Run {run_id} not found")
+    return run
+
+
+def list_runs(*, session: Session, status: str | None = None, limit: int = 50, offset: int = 0) -> RunsPage:
+    """Newest first; `total` counts every run with that status."""
+    query = select(Run)
+    count = select(func.count()).select_from(Run)
+    if status:
+        query, count = query.where(Run.status == status), count.where(Run.status == status)
+    runs = session.exec(query.order_by(col(Run.id).desc()).offset(offset).limit(limit)).all()
+    return RunsPage(items=[run_summary(r) for r in runs], total=session.exec(count).one())
+
+
+def run_summary(run: Run) -> RunSummary:
+    latest = run.latest or {}
+    return RunSummary.model_validate(run, update={"latest": {k: latest.get(k) for k in SUMMARY_COLUMNS}})
+
+
+def run_public(*, session: Session, run: Run) -> RunPublic:
+    last_eval = session.exec(
+        select(EvalStat).where(EvalStat.run_id == run.id).order_by(col(EvalStat.step).desc(), col(EvalStat.id).desc())
+    ).first()
+    latest = run.latest or {}
+    return RunPublic.model_validate(
+        run,
+        update={
+            "latest": {k: latest.get(k) for k in BATCH_COLUMNS},
+            "columns": list(BATCH_COLUMNS),
+            "final_eval": eval_public(last_eval) if last_eval else None,
+            "duration_s": run.duration_s if run.duration_s is not None else _elapsed(run),
+        },
+    )
+
+
+def _elapsed(run: Run) -> float | None:
+    if run.started_at is None:
+        return None
+    end: datetime = run.finished_at or utcnow()
+    return max(0.0, (end - run.started_at).total_seconds())
+
+
+def cancel_run(*, session: Session, run_id: int) -> Run:
+    """A queued run is cancelled at once; a running one is asked to stop (its worker does within ~1 s)."""
+    run = get_run(session=session, run_id=run_id)
+    # conditional updates: a worker may claim the run between our read and our write
+    queued = session.exec(
+        update(Run)
+        .where(col(Run.id) == run_id, col(Run.status) == "queued")
+        .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
+    )
+    if not queued.rowcount:
+        session.exec(
+            update(Run).where(col(Run.id) == run_id, col(Run.status) == "running").values(cancel_requested=True)
+        )
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def delete_run(*, session: Session, run_id: int) -> None:
+    """Delete a run with its statistics, evaluations and warnings; a running run is cancelled first."""
+    run = get_run(session=session, run_id=run_id)
+    if run.status == "running":
+        cancel_run(session=session, run_id=run_id)
+    for table in (BatchStat, StatBlock, EvalStat, RunWarning):
+        session.exec(delete(table).where(table.run_id == run_id))
+    session.exec(update(Run).where(col(Run.parent_id) == run_id).values(parent_id=None))
+    session.exec(delete(Run).where(col(Run.id) == run_id))
+    session.commit()
+
+
+def apply_advice(*, session: Session, run_id: int, warning_id: int) -> Run:
+    """Queue a child run: the parent's effective config plus the warning's advice overrides."""
+    parent = get_run(session=session, run_id=run_id)
+    warning = session.get(RunWarning, warning_id)
+    if warning is None or warning.run_id != run_id:
+        raise NotFound(f"Warning {warning_id} not found")
+    if not warning.advice or not warning.advice.get("overrides"):
+        raise InputError.at(["body", "warning_id"], f"Warning {warning_id} has no advice to apply")
+    overrides: dict[str, Any] = warning.advice["overrides"]
+    try:
+        cfg = from_dict(overrides, base=from_dict(parent.config))
+    except ConfigError as exc:
+        raise InputError.at(["body", "warning_id"], f"the advice of warning {warning_id} is invalid: {exc}") from exc
+    change = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    child = Run(
+        name=f"{parent.name} + {change}"[:200],
+        preset=parent.preset,
+        config=cfg.to_dict(),
+        num_classes=cfg.num_classes,
+        dataset_id=parent.dataset_id,
+        parent_id=parent.id,
+    )
+    return _queue(session, child, default_name="")
+
+
+# --- evaluations and warnings --------------------------------------------------------------------------
+def eval_public(row: EvalStat) -> EvalPublic:
+    metrics, nonfinite = split_nonfinite(row.metrics)
+    return EvalPublic(
+        step=row.step,
+        epoch=row.epoch,
+        metrics=metrics,
+        nonfinite=nonfinite,
+        pred_hist=[finite_or_none(v) or 0.0 for v in row.pred_hist],
+        target_hist=[finite_or_none(v) or 0.0 for v in row.target_hist],
+        confusion=row.confusion,
+    )
+
+
+def list_evals(*, session: Session, run_id: int, after_id: int = 0) -> list[tuple[int, EvalPublic]]:
+    """(id, evaluation) pairs in the order they were recorded; `after_id` gives only newer ones."""
+    rows = session.exec(
+        select(EvalStat).where(EvalStat.run_id == run_id, col(EvalStat.id) > after_id).order_by(col(EvalStat.id))
+    ).all()
+    return [(row.id or 0, eval_public(row)) for row in rows]
+
+
+def list_warnings(*, session: Session, run_id: int, after_id: int = 0) -> list[WarningPublic]:
+    rows = session.exec(
+        select(RunWarning)
+        .where(RunWarning.run_id == run_id, col(RunWarning.id) > after_id)
+        .order_by(col(RunWarning.id))
+    ).all()
+    return [WarningPublic.model_validate(row) for row in rows]
+
+
+def list_presets() -> list[PresetPublic]:
+    return [
+        PresetPublic(name=n, description=PRESET_DESCRIPTIONS.get(n, ""), config=preset(n).to_dict())
+        for n in preset_names()
+    ]
+
+
+# --- datasets -------------------------------------------------------------------------------------
+def create_dataset(
+    *,
+    session: Session,
+    data_dir: Path,
+    upload: BinaryIO,
+    filename: str,
+    name: str | None = None,
+    label_column: str | None = None,
+) -> Dataset:
+    """Store an upload under a generated name and validate it; on any problem the file is removed
+    and nothing is stored (TableError -> InputError with each issue's row and column)."""
+    original = Path(filename or "upload").name
+    suffix = Path(original).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise InputError.at(
+            ["body", "file"], f"unsupported file type {suffix or '(none)'!r}; upload CSV, Parquet or NPZ"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = (data_dir / f"{uuid.uuid4().hex}{suffix}").resolve()
+    try:
+        with target.open("wb") as fh:
+            shutil.copyfileobj(upload, fh, 1 << 20)
+        summary = read_table_summary(target, label_column=label_column or None)
+        dataset = Dataset(
+            name=(name or Path(original).stem)[:200],
+            filename=original,
+            format=summary["format"],
+            rows=summary["rows"],
+            n_features=summary["n_features"],
+            num_classes=summary["num_classes"],
+            target_kind=summary["target_kind"],
+            label_column=label_column or None,
+            path=str(target),
+        )
+        session.add(dataset)
+        session.commit()
+    except TableError as exc:
+        target.unlink(missing_ok=True)
+        raise InputError(table_error_items(exc)) from exc
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    session.refresh(dataset)
+    return dataset
+
+
+def get_dataset(*, session: Session, dataset_id: int) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"Dataset {dataset_id} not found")
+    return dataset
+
+
+def list_datasets(*, session: Session) -> list[Dataset]:
+    return list(session.exec(select(Dataset).order_by(col(Dataset.id).desc())).all())

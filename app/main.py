@@ -1,0 +1,109 @@
+"""`create_app(settings)`: the FastAPI app with its engine, API, pages, static files and error handlers.
+
+Nothing is built at import time; `uvicorn --factory app.main:create_app` or `collapsewatch serve`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app import pages
+from app.api.main import api_router
+from app.core.config import Settings
+from app.db import init_db, make_engine
+from app.errors import InputError, NotFound
+from app.worker import WorkerPool, reap_stale_runs
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plotly_js_path() -> Path:
+    """plotly.min.js from the installed plotly package (found without importing plotly)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the plotly package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+
+
+async def _reap_periodically(app: FastAPI) -> None:
+    """The server also notices lost workers, so a run is marked failed even when no worker is left."""
+    settings: Settings = app.state.settings
+    while True:
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: reap_stale_runs(app.state.engine, stale_after_seconds=settings.stale_after_seconds)
+            )
+        except Exception:
+            log.exception("reaping stale runs failed")
+        await anyio.sleep(settings.reap_interval_seconds)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Reap lost runs while serving; start and stop the worker pool that `collapsewatch serve` attached
+    (stopping it here, not after uvicorn returns, also covers SIGTERM, which uvicorn re-raises)."""
+    pool: WorkerPool | None = getattr(app.state, "worker_pool", None)
+    if pool is not None:
+        pool.start()
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_reap_periodically, app)
+            yield
+            tasks.cancel_scope.cancel()
+    finally:
+        if pool is not None:
+            await anyio.to_thread.run_sync(pool.stop)
+        app.state.engine.dispose()
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(InputError)
+    async def invalid_input(_request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        # a JSON body a client can show instead of a bare "Internal Server Error"; still logged
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    app = FastAPI(
+        title="collapsewatch",
+        summary="Train soft-target classifiers and watch, batch by batch, whether they collapse.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.templates = Jinja2Templates(directory=ROOT / "templates")
+    _add_error_handlers(app)
+    app.include_router(api_router, prefix="/api")
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        return FileResponse(plotly_js_path(), media_type="text/javascript")
+
+    app.include_router(pages.router)
+    # mounted last: a mount matches its whole prefix, so the vendor route above must come first
+    app.mount("/static", StaticFiles(directory=ROOT / "static", check_dir=False), name="static")
+    return app

@@ -1,0 +1,278 @@
+"""Database tables (`Run`, `BatchStat`, `EvalStat`, `RunWarning`, `Dataset`) and the API schemas.
+
+`BatchStat` is wide: one REAL column per name in `trainer.BATCH_COLUMNS`, built from that tuple,
+so a column the trainer adds appears here (and `init_db` adds it to an existing database).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Double, LargeBinary, Text, TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from trainer import BATCH_COLUMNS
+
+# NaN is stored as NULL plus bit i of `nan_mask` for BATCH_COLUMNS[i]: SQLite turns a bound NaN into
+# NULL, and one code path for both databases is simpler than two. New columns must be appended.
+if len(BATCH_COLUMNS) > 63:
+    raise RuntimeError(f"nan_mask holds 63 columns; trainer.BATCH_COLUMNS has {len(BATCH_COLUMNS)}")
+
+FINISHED_STATUSES = ("completed", "failed", "cancelled", "diverged")
+RUN_STATUSES = ("queued", "running", *FINISHED_STATUSES)
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+SUMMARY_COLUMNS = ("entropy_mean", "onehot_frac", "hist_top_share", "loss", "target_entropy_mean")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC (SQLite has no time zones), always read back as an aware UTC datetime."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+class RunBase(SQLModel):
+    name: str = Field(max_length=200)
+    preset: str = "fixed"
+    parent_id: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
+    dataset_id: int | None = Field(default=None, foreign_key="dataset.id", ondelete="SET NULL")
+
+
+class Run(RunBase, table=True):
+    """One training run: a queue entry, then its live state, then its result."""
+
+    # ids are never reused after a delete: a late write of a deleted run must not land on a new one
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(default="queued", index=True)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    num_classes: int = 8
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    worker: str | None = None
+    cancel_requested: bool = False
+    error: str | None = Field(default=None, sa_type=Text)
+    duration_s: float | None = None
+    # kept up to date by the sink once per flushed chunk, so list views never touch BatchStat
+    steps: int = 0
+    last_step: int = -1
+    latest: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    warning_count: int = 0
+    max_severity: str | None = None
+    info: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # RunInfo without the config
+
+
+def _batch_stat_model() -> type[SQLModel]:
+    annotations: dict[str, Any] = {"run_id": int, "step": int, "epoch": int, "nan_mask": int, "class_hist": bytes}
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__qualname__": "BatchStat",
+        "__doc__": "Statistics of one recorded batch; NaN is NULL plus its bit in `nan_mask`.",
+        "__tablename__": "batchstat",
+        "run_id": Field(foreign_key="run.id", primary_key=True, ondelete="CASCADE"),
+        "step": Field(primary_key=True, sa_type=BigInteger),
+        "epoch": Field(default=0),
+        "nan_mask": Field(default=0, sa_type=BigInteger),
+        "class_hist": Field(default=b"", sa_type=LargeBinary),  # float32 shares, num_classes of them
+    }
+    for name in BATCH_COLUMNS:
+        annotations[name] = float | None
+        namespace[name] = Field(default=None, sa_type=Double)
+    namespace["__annotations__"] = annotations
+    return type(SQLModel)("BatchStat", (SQLModel,), namespace, table=True)
+
+
+BatchStat = _batch_stat_model()
+
+
+class StatBlock(SQLModel, table=True):
+    """Min/max summary of 16, 256 or 4096 consecutive BatchStat rows (level 0, 1, 2), written by the
+    sink so that a chart of a million batches reads thousands of rows instead (see app/rollup.py)."""
+
+    run_id: int = Field(foreign_key="run.id", primary_key=True, ondelete="CASCADE")
+    level: int = Field(primary_key=True)
+    first_step: int = Field(primary_key=True, sa_type=BigInteger)
+    last_step: int = Field(sa_type=BigInteger)
+    first_epoch: int
+    last_epoch: int
+    rows: int
+    nan_any: int = Field(sa_type=BigInteger)  # bit i: BATCH_COLUMNS[i] was NaN somewhere in the block
+    stats: bytes = Field(sa_type=LargeBinary)  # float64 (4, K): min, max, step of min, step of max
+
+
+class EvalStat(SQLModel, table=True):
+    """One validation pass; non-finite metrics are kept as the strings "NaN", "Infinity", "-Infinity"."""
+
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are cursors of the event stream
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    step: int
+    epoch: int
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    pred_hist: list[float] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    target_hist: list[float] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    confusion: list[list[int]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class RunWarning(SQLModel, table=True):
+    """A collapse warning raised by the detector, with its evidence and advice."""
+
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are cursors of the event stream
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    kind: str
+    severity: str
+    step: int
+    message: str = Field(sa_type=Text)
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    advice: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DatasetBase(SQLModel):
+    name: str = Field(max_length=200)
+    filename: str
+    format: str
+    rows: int
+    n_features: int
+    num_classes: int
+    target_kind: str
+    label_column: str | None = None
+
+
+class Dataset(DatasetBase, table=True):
+    """An uploaded table, validated on upload and stored under a generated name in data_dir."""
+
+    __table_args__ = {"sqlite_autoincrement": True}  # an id is never reused
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- API schemas (a table class is never a response model) ------------------------------------------
+class RunCreate(SQLModel):
+    """A run to queue: a preset plus overrides (nested "data" allowed), optionally on an uploaded dataset."""
+
+    name: str | None = Field(default=None, max_length=200)
+    preset: str = "fixed"
+    config: dict[str, Any] = Field(default_factory=dict)
+    dataset_id: int | None = None
+    parent_id: int | None = None
+
+
+class ApplyAdvice(SQLModel):
+    warning_id: int
+
+
+class EvalPublic(SQLModel):
+    step: int
+    epoch: int
+    metrics: dict[str, float | None]  # non-finite values are null here and named in `nonfinite`
+    nonfinite: dict[str, str] = Field(default_factory=dict)
+    pred_hist: list[float]
+    target_hist: list[float]
+    confusion: list[list[int]]
+
+
+class RunSummary(RunBase):
+    id: int
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: int
+    warning_count: int
+    max_severity: str | None
+    latest: dict[str, float | None]  # SUMMARY_COLUMNS of the last recorded batch
+
+
+class RunPublic(RunSummary):
+    config: dict[str, Any]  # the effective config, exactly as it trains
+    error: str | None
+    worker: str | None
+    heartbeat_at: datetime | None
+    cancel_requested: bool
+    duration_s: float | None
+    num_classes: int
+    last_step: int
+    columns: list[str]
+    final_eval: EvalPublic | None
+    info: dict[str, Any] | None  # device, class weights used, parameter count, steps per epoch, data profile
+
+
+class RunsPage(SQLModel):
+    items: list[RunSummary]
+    total: int
+
+
+class StatsPublic(SQLModel):
+    run_id: int
+    status: str
+    columns: dict[str, list[float | None]]
+    steps: list[int]
+    epochs: list[int]
+    class_hist: list[list[float]]
+    last_step: int  # the last step the database holds for the run (-1: none yet)
+    downsampled: bool
+    bucket_size: int  # steps per bucket (1 when not downsampled)
+    # JSON has no NaN: such values are null in `columns` and listed here as [index, "NaN"|"Infinity"|"-Infinity"]
+    nonfinite: dict[str, list[tuple[int, str]]] = Field(default_factory=dict)
+
+
+class AdvicePublic(SQLModel):
+    message: str
+    overrides: dict[str, Any]
+
+
+class WarningPublic(SQLModel):
+    id: int
+    run_id: int
+    kind: str
+    severity: str
+    step: int
+    message: str
+    evidence: dict[str, Any]  # numbers; non-finite ones as "NaN" / "Infinity" / "-Infinity"
+    advice: AdvicePublic | None
+    created_at: datetime
+
+
+class DatasetPublic(DatasetBase):
+    id: int
+    created_at: datetime
+
+
+class PresetPublic(SQLModel):
+    name: str
+    description: str
+    config: dict[str, Any]
+
+
+class StatusEvent(SQLModel):
+    status: str
+    steps: int
+    error: str | None
+
+
+class HealthPublic(SQLModel):
+    status: str
+    database: str

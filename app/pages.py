@@ -1,0 +1,221 @@
+"""HTML pages: runs list, new-run form, run page, compare; Jinja2 shells whose live data comes from the API.
+
+The partial routes (rows, header, warnings) render the same templates as the first page load, so a
+live refresh and a reload can never show different things.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from app import crud
+from app.api.deps import SessionDep
+from app.config_form import config_differences, display_value, flatten, form_values
+from app.models import RUN_STATUSES, RunPublic
+from app.run_form import find_run, form_context, preset_values, queue_from_form
+from trainer import preset_names
+
+router = APIRouter(include_in_schema=False)
+
+RUNS_PER_PAGE = 50
+STATS_POINTS = 2000  # server-side downsampling target for a chart's first load
+# one colour per run on the compare page (Plotly's default sequence, readable on white)
+RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+class PageError(Exception):
+    """Ends a page with an error page (404 for a missing run, 422 for a bad query)."""
+
+    def __init__(self, status_code: int, title: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code, self.title, self.message = status_code, title, message
+
+
+def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def error_page(request: Request, err: PageError) -> HTMLResponse:
+    return render(request, "errors/error.html", {"title": err.title, "message": err.message}, err.status_code)
+
+
+def load_run(session: SessionDep, run_id: int | str) -> RunPublic:
+    """The run, or a PageError (404) naming the id, also when the id is not a number."""
+    run = find_run(session, int(run_id)) if str(run_id).isdigit() else None
+    if run is None:
+        raise PageError(404, f"Run {run_id} not found", f"There is no run {run_id}; it may have been deleted.")
+    return run
+
+
+# --- runs list ------------------------------------------------------------------------------------
+def _runs_context(session: SessionDep, status: str | None, offset: int) -> dict[str, Any]:
+    if status and status not in RUN_STATUSES:
+        raise PageError(422, "Unknown status", f"Unknown status {status!r}; known: {', '.join(RUN_STATUSES)}.")
+    page = crud.list_runs(session=session, status=status or None, limit=RUNS_PER_PAGE, offset=max(offset, 0))
+    return {
+        "runs": page.items,
+        "total": page.total,
+        "status": status or None,
+        "offset": max(offset, 0),
+        "limit": RUNS_PER_PAGE,
+        "statuses": RUN_STATUSES,
+    }
+
+
+@router.get("/", name="pages:runs", response_class=HTMLResponse)
+def list_runs_page(request: Request, session: SessionDep, status: str | None = None, offset: int = 0) -> Response:
+    try:
+        return render(request, "runs/list.html", _runs_context(session, status, offset))
+    except PageError as err:
+        return error_page(request, err)
+
+
+@router.get("/partials/runs", name="pages:runs_rows", response_class=HTMLResponse)
+def list_runs_rows(request: Request, session: SessionDep, status: str | None = None, offset: int = 0) -> Response:
+    try:
+        return render(request, "runs/_rows.html", _runs_context(session, status, offset))
+    except PageError as err:
+        return error_page(request, err)
+
+
+# --- new run --------------------------------------------------------------------------------------
+@router.get("/runs/new", name="pages:new_run", response_class=HTMLResponse)
+def new_run_page(
+    request: Request, session: SessionDep, preset: str | None = None, parent: int | None = None
+) -> Response:
+    try:
+        parent_run = load_run(session, parent) if parent is not None else None
+    except PageError as err:
+        return error_page(request, err)
+    chosen = preset or (parent_run.preset if parent_run else "fixed")
+    if chosen not in preset_names():
+        msg = f"unknown preset {chosen!r}; known presets: {', '.join(preset_names())}"
+        return render(
+            request,
+            "runs/new.html",
+            form_context(session, preset="fixed", values=preset_values("fixed"), errors={"preset": [msg]}),
+            422,
+        )
+    values = form_values(parent_run.config) if parent_run and not preset else preset_values(chosen)
+    context = form_context(session, preset=chosen, values=values, parent=parent_run)
+    if parent_run and parent_run.dataset_id is not None and not preset:
+        context.update(data_source="dataset", dataset_id=parent_run.dataset_id)
+    return render(request, "runs/new.html", context)
+
+
+@router.post("/runs/new", name="pages:create_run", response_class=HTMLResponse)
+async def create_run_from_form(request: Request, session: SessionDep) -> Response:
+    raw = await request.form()
+    form = {key: [v for v in raw.getlist(key) if isinstance(v, str)] for key in raw}
+    run_id, context = await run_in_threadpool(queue_from_form, session, form)
+    if run_id is not None:
+        return RedirectResponse(request.url_for("pages:run", run_id=run_id), status_code=303)
+    return render(request, "runs/new.html", context, 422)
+
+
+# --- run page -------------------------------------------------------------------------------------
+def _table_value(value: Any) -> str:
+    return "none" if value is None else display_value(value)
+
+
+def _stats_url(request: Request, run_id: int) -> str:
+    return f"{request.url_for('read_run_stats', run_id=run_id)}?max_points={STATS_POINTS}"
+
+
+def _chart_meta(request: Request, run: RunPublic) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "status": run.status,
+        "num_classes": run.num_classes,
+        "min_entropy": run.config.get("min_entropy"),
+        "max_grad_norm": run.config.get("max_grad_norm"),
+        "stats_url": _stats_url(request, run.id),
+        "evals_url": str(request.url_for("list_run_evals", run_id=run.id)),
+        "events_url": str(request.url_for("stream_run_events", run_id=run.id)),
+        "header_partial_url": str(request.url_for("pages:run_header", run_id=run.id)),
+        "warnings_partial_url": str(request.url_for("pages:run_warnings", run_id=run.id)),
+        "run_url_template": str(request.url_for("pages:run", run_id="__ID__")),
+    }
+
+
+@router.get("/runs/{run_id}", name="pages:run", response_class=HTMLResponse)
+def run_page(request: Request, session: SessionDep, run_id: str) -> Response:
+    try:
+        run = load_run(session, run_id)
+    except PageError as err:
+        return error_page(request, err)
+    parent = find_run(session, run.parent_id) if run.parent_id is not None else None
+    diff = config_differences([parent.config, run.config]) if parent else []
+    context = {
+        "run": run,
+        "warnings": crud.list_warnings(session=session, run_id=run.id),
+        "config_rows": [(k, _table_value(v)) for k, v in flatten(run.config).items()],
+        "parent": parent,
+        "parent_diff": [(k, [_table_value(v) for v in vs]) for k, vs in diff],
+        "chart_meta": _chart_meta(request, run),
+    }
+    return render(request, "runs/detail.html", context)
+
+
+@router.get("/runs/{run_id}/header", name="pages:run_header", response_class=HTMLResponse)
+def run_header(request: Request, session: SessionDep, run_id: str) -> Response:
+    try:
+        return render(request, "runs/_header.html", {"run": load_run(session, run_id)})
+    except PageError as err:
+        return error_page(request, err)
+
+
+@router.get("/runs/{run_id}/warnings", name="pages:run_warnings", response_class=HTMLResponse)
+def run_warnings(request: Request, session: SessionDep, run_id: str) -> Response:
+    try:
+        run = load_run(session, run_id)
+    except PageError as err:
+        return error_page(request, err)
+    return render(
+        request, "runs/_warnings.html", {"run": run, "warnings": crud.list_warnings(session=session, run_id=run.id)}
+    )
+
+
+# --- compare --------------------------------------------------------------------------------------
+def _parse_ids(ids: str) -> list[int]:
+    parts = [p.strip() for p in ids.split(",") if p.strip()]
+    bad = [p for p in parts if not p.isdigit()]
+    if bad:
+        raise PageError(422, "Bad run ids", f"ids must be run numbers separated by commas, got {bad[0]!r}.")
+    unique = list(dict.fromkeys(int(p) for p in parts))
+    if len(unique) < 2:
+        raise PageError(422, "Pick two or more runs", "Compare needs at least two run ids, e.g. /compare?ids=1,2.")
+    return unique
+
+
+@router.get("/compare", name="pages:compare", response_class=HTMLResponse)
+def compare_page(request: Request, session: SessionDep, ids: str = "") -> Response:
+    try:
+        runs = [load_run(session, run_id) for run_id in _parse_ids(ids)]
+    except PageError as err:
+        return error_page(request, err)
+    colors = {run.id: RUN_COLORS[i % len(RUN_COLORS)] for i, run in enumerate(runs)}
+    diff = config_differences([run.config for run in runs])
+    meta = {
+        "runs": [
+            {
+                "id": r.id,
+                "name": r.name,
+                "color": colors[r.id],
+                "stats_url": _stats_url(request, r.id),
+                "evals_url": str(request.url_for("list_run_evals", run_id=r.id)),
+            }
+            for r in runs
+        ]
+    }
+    context = {
+        "runs": runs,
+        "colors": colors,
+        "differences": [(k, [_table_value(v) for v in vs]) for k, vs in diff],
+        "compare_meta": meta,
+    }
+    return render(request, "compare/index.html", context)

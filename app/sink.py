@@ -1,0 +1,223 @@
+"""`DatabaseSink`: the trainer's statistics into the database without slowing the training loop.
+
+Every call only puts a record on a queue; one writer thread drains whatever has piled up and
+writes it in one transaction (rows via `executemany` on the raw DBAPI cursor, no ORM objects).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, exists, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.batch_rows import (
+    BLOCK_COLUMNS,
+    batch_insert_sql,
+    chunk_rows,
+    executemany,
+    full_values,
+    gc_paused,
+    insert_sql,
+    merge_chunks,
+)
+from app.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
+from app.rollup import Rollup, Segments, encode_stats
+from app.values import finite_or_none, to_json_safe
+from trainer import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+class DatabaseSink:
+    """A trainer `Sink` that stores one run's records; `on_end` flushes everything and stops the writer."""
+
+    def __init__(self, engine: Engine, run_id: int, *, worker: str | None = None) -> None:
+        self.engine, self.run_id, self.worker = engine, run_id, worker
+        self.error: BaseException | None = None  # the first write that failed, if any
+        self.run_missing = False  # the run was deleted while training: further records are dropped
+        self._max_severity = -1
+        self._rollup: Rollup | None = None
+        self._rows_before: int | None = None
+        self._sql: dict[tuple[str, ...], str] = {}
+        self._block_sql = insert_sql(engine, "statblock", BLOCK_COLUMNS)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, name=f"collapsewatch-writer-{run_id}", daemon=True)
+        self._thread.start()
+
+    # --- the Sink protocol: called from the training thread, never blocks on the database ---------
+    def on_start(self, info: RunInfo) -> None:
+        self._queue.put(("start", info))
+
+    def on_batches(self, chunk: BatchChunk) -> None:
+        self._queue.put(("batches", chunk))
+
+    def on_eval(self, record: EvalRecord) -> None:
+        self._queue.put(("eval", record))
+
+    def on_warning(self, warning: CollapseWarning) -> None:
+        self._queue.put(("warning", warning))
+
+    def on_end(self, result: TrainResult) -> None:
+        self._queue.put(("end", result))
+        self.close()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything queued so far is committed."""
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        done.wait(timeout)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    # --- the writer thread ---------------------------------------------------------------------
+    def _drain(self) -> None:
+        stopping = False
+        while not stopping:
+            items = [self._queue.get()]
+            while True:  # everything that piled up meanwhile goes into the same transaction
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = any(item is _STOP for item in items)
+            records = [item for item in items if item is not _STOP and item[0] != "flush"]
+            if records and not self.run_missing:
+                self._write_safely(records)
+            for item in items:
+                if item is not _STOP and item[0] == "flush":
+                    item[1].set()
+
+    def _write_safely(self, records: list[tuple[str, Any]]) -> None:
+        try:
+            self._write(records)
+        except IntegrityError as exc:
+            with self.engine.connect() as conn:
+                self.run_missing = not conn.execute(select(exists().where(Run.id == self.run_id))).scalar()
+            if not self.run_missing:
+                self._failed(exc)
+        except Exception as exc:  # keep draining: training must not stall because the disk is full
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        log.exception("run %s: writing statistics failed", self.run_id, exc_info=exc)
+        self.error = self.error or exc
+
+    def _write(self, records: list[tuple[str, Any]]) -> None:
+        chunks = [payload for kind, payload in records if kind == "batches"]
+        with self.engine.begin() as conn:
+            if chunks:
+                self._write_chunks(conn, chunks)
+            for kind, payload in records:
+                if kind == "start":
+                    self._write_start(conn, payload)
+                elif kind == "eval":
+                    conn.execute(insert(EvalStat), [eval_values(self.run_id, payload)])
+                elif kind == "warning":
+                    self._write_warning(conn, payload)
+                elif kind == "end":
+                    self._write_end(conn, payload)
+
+    def _write_chunks(self, conn: Any, chunks: list[BatchChunk]) -> None:
+        chunks = [c for c in chunks if len(c)]
+        if not chunks:
+            return
+        if self._rollup is None and self._rows_before is None:
+            self._rows_before = int(conn.execute(select(Run.steps).where(Run.id == self.run_id)).scalar() or 0)
+            # blocks must cover a prefix of the run's rows (app/stats.py relies on it): a sink that
+            # joins a run with rows already written leaves its rows to be read raw
+            self._rollup = Rollup(len(BATCH_COLUMNS)) if self._rows_before == 0 else None
+        n = 0
+        for chunk in merge_chunks(chunks):
+            with gc_paused():
+                columns, rows, masks = chunk_rows(self.run_id, chunk)
+                sql = self._sql.get(columns) or self._sql.setdefault(columns, batch_insert_sql(self.engine, columns))
+                executemany(conn, sql, rows)
+                del rows
+            n += len(chunk)
+            if self._rollup is not None:
+                done = self._rollup.add(chunk.steps, chunk.epochs, full_values(chunk), masks)
+                self._write_blocks(conn, done)
+        last = chunks[-1]
+        latest = {name: finite_or_none(v) for name, v in zip(last.columns, last.values[-1].tolist(), strict=True)}
+        conn.execute(
+            update(Run)
+            .where(Run.id == self.run_id)
+            .values(steps=Run.steps + n, last_step=int(last.steps[-1]), latest=latest)
+        )
+
+    def _write_blocks(self, conn: Any, done: list[tuple[int, Segments]]) -> None:
+        rows = [
+            (self.run_id, level, *fields)
+            for level, seg in done
+            for fields in zip(
+                seg.first_step.tolist(),
+                seg.last_step.tolist(),
+                seg.first_epoch.tolist(),
+                seg.last_epoch.tolist(),
+                seg.rows.tolist(),
+                seg.nan_any.tolist(),
+                encode_stats(seg),
+                strict=True,
+            )
+        ]
+        if rows:
+            executemany(conn, self._block_sql, rows)
+
+    def _write_start(self, conn: Any, info: RunInfo) -> None:
+        details = to_json_safe({k: v for k, v in dataclasses.asdict(info).items() if k != "config"})
+        conn.execute(update(Run).where(Run.id == self.run_id).values(info=details, num_classes=info.num_classes))
+
+    def _write_warning(self, conn: Any, warning: CollapseWarning) -> None:
+        conn.execute(insert(RunWarning), [warning_values(self.run_id, warning)])
+        rank = SEVERITY_RANK.get(warning.severity, 0)
+        values: dict[str, Any] = {"warning_count": Run.warning_count + 1}
+        if rank > self._max_severity:
+            self._max_severity = rank
+            values["max_severity"] = warning.severity
+        conn.execute(update(Run).where(Run.id == self.run_id).values(**values))
+
+    def _write_end(self, conn: Any, result: TrainResult) -> None:
+        # the first final status wins: a run already reaped as lost is not overwritten
+        unfinished = Run.status.in_(("queued", "running")) if self.worker is None else Run.worker == self.worker
+        conn.execute(
+            update(Run)
+            .where(Run.id == self.run_id, Run.status.in_(("queued", "running")), unfinished)
+            .values(status=result.status, error=result.error, finished_at=utcnow(), duration_s=result.duration_s)
+        )
+
+
+def eval_values(run_id: int, record: EvalRecord) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "step": int(record.step),
+        "epoch": int(record.epoch),
+        "metrics": to_json_safe(dict(record.metrics)),
+        "pred_hist": to_json_safe(list(record.pred_hist)),
+        "target_hist": to_json_safe(list(record.target_hist)),
+        "confusion": to_json_safe([list(row) for row in record.confusion]),
+    }
+
+
+def warning_values(run_id: int, warning: CollapseWarning) -> dict[str, Any]:
+    advice = warning.advice
+    return {
+        "run_id": run_id,
+        "kind": warning.kind,
+        "severity": warning.severity,
+        "step": int(warning.step),
+        "message": warning.message,
+        "evidence": to_json_safe(dict(warning.evidence)),
+        "advice": None if advice is None else to_json_safe({"message": advice.message, "overrides": advice.overrides}),
+        "created_at": utcnow(),
+    }

@@ -1,0 +1,89 @@
+// REST and server-sent-events client shared by every page module.
+
+const TERMINAL = new Set(["completed", "failed", "cancelled", "diverged"]);
+
+export function isTerminal(status) {
+  return TERMINAL.has(status);
+}
+
+// FastAPI errors come as {"detail": "Run 17 not found"} or {"detail": [{loc, msg}, ...]}.
+export function errorText(body, fallback) {
+  const detail = body && body.detail;
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`).join("; ");
+  }
+  return fallback;
+}
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(errorText(body, `HTTP ${status}`));
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function send(url, options) {
+  const response = await fetch(url, { headers: { Accept: "application/json" }, ...options });
+  const text = await response.text();
+  let body = null;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    body = { detail: text };
+  }
+  if (!response.ok) throw new ApiError(response.status, body);
+  return body;
+}
+
+export const getJSON = (url) => send(url, { method: "GET" });
+
+export const postJSON = (url, payload = {}) =>
+  send(url, { method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" }, body: JSON.stringify(payload) });
+
+export const postForm = (url, formData) => send(url, { method: "POST", body: formData });
+
+export async function getHTML(url) {
+  const response = await fetch(url, { headers: { Accept: "text/html" } });
+  if (!response.ok) throw new Error(`HTTP ${response.status} for ${url}`);
+  return response.text();
+}
+
+// Follow a run's event stream. EventSource would reconnect to the same URL (and so resend from the
+// first since_step), so reconnects are ours, resuming after the last step received.
+export function followRun(eventsUrl, sinceStep, handlers) {
+  let lastStep = sinceStep;
+  let source = null;
+  let stopped = false;
+  const parse = (fn) => (event) => fn(JSON.parse(event.data));
+
+  function open() {
+    const url = new URL(eventsUrl, window.location.href);
+    url.searchParams.set("since_step", String(lastStep));
+    source = new EventSource(url);
+    source.addEventListener("stats", parse((stats) => {
+      if (stats.last_step > lastStep) lastStep = stats.last_step;
+      handlers.stats?.(stats);
+    }));
+    source.addEventListener("eval", parse((record) => handlers.eval?.(record)));
+    source.addEventListener("warning", parse((warning) => handlers.warning?.(warning)));
+    source.addEventListener("status", parse((status) => {
+      handlers.status?.(status);
+      if (isTerminal(status.status)) stop();
+    }));
+    source.onerror = () => {
+      if (stopped) return;
+      source.close();
+      setTimeout(() => stopped || open(), 2000);
+    };
+  }
+
+  function stop() {
+    stopped = true;
+    source?.close();
+  }
+
+  open();
+  return { stop, lastStep: () => lastStep };
+}

@@ -1,0 +1,82 @@
+// Run page: first load of the (downsampled) history, then live increments over SSE; warnings and
+// the header are re-rendered by the server (the same partials as the first page load).
+
+import { followRun, getHTML, getJSON, isTerminal, postJSON } from "./api.js";
+import { createRunCharts } from "./run_charts.js";
+import { showError } from "./plot_style.js";
+
+const meta = JSON.parse(document.getElementById("chart-meta").textContent);
+
+function swap(id, html) {
+  const old = document.getElementById(id);
+  const box = document.createElement("div");
+  box.innerHTML = html.trim();
+  const fresh = box.querySelector(`#${id}`);
+  if (old && fresh) old.replaceWith(fresh);
+}
+
+function knownWarningIds() {
+  const attr = document.getElementById("warnings")?.dataset.warningIds ?? "";
+  return new Set(attr.split(",").filter(Boolean).map(Number));
+}
+
+async function refreshWarnings() {
+  swap("warnings", await getHTML(meta.warnings_partial_url));
+}
+
+let shownStatus = meta.status;
+async function onStatus(status) {
+  const steps = document.querySelector("#run-header [data-field=steps]");
+  if (steps) steps.textContent = status.steps;
+  if (status.status !== shownStatus) {
+    shownStatus = status.status;
+    swap("run-header", await getHTML(meta.header_partial_url));
+  }
+}
+
+async function start() {
+  const charts = createRunCharts(meta);
+  const [stats, evals] = await Promise.all([getJSON(meta.stats_url), getJSON(meta.evals_url)]);
+  charts.addStats(stats);
+  charts.addEvals(evals);
+  if (stats.downsampled) {
+    const note = document.getElementById("downsample-note");
+    note.textContent = `History shown in buckets of ${stats.bucket_size} batches.`;
+    note.hidden = false;
+  }
+  if (isTerminal(stats.status) && isTerminal(meta.status)) return;
+  followRun(meta.events_url, stats.last_step, {
+    stats: (s) => charts.addStats(s),
+    eval: (record) => charts.addEvals([record]),
+    warning: (w) => knownWarningIds().has(w.id) || refreshWarnings(),
+    status: onStatus,
+  });
+}
+
+document.addEventListener("click", async (event) => {
+  const apply = event.target.closest(".apply-advice");
+  const cancel = event.target.closest("#cancel-button");
+  if (apply) {
+    apply.disabled = true;
+    try {
+      const run = await postJSON(apply.dataset.url, { warning_id: Number(apply.dataset.warningId) });
+      window.location.assign(meta.run_url_template.replace("__ID__", String(run.id)));
+    } catch (err) {
+      const box = apply.parentElement.querySelector(".apply-error");
+      box.textContent = `Could not apply the advice: ${err.message}`;
+      box.hidden = false;
+      apply.disabled = false;
+    }
+  } else if (cancel) {
+    cancel.disabled = true;
+    try {
+      await postJSON(cancel.dataset.cancelUrl);
+      swap("run-header", await getHTML(meta.header_partial_url));
+    } catch (err) {
+      showError(`Could not cancel: ${err.message}`);
+      cancel.disabled = false;
+    }
+  }
+});
+
+start().catch((err) => showError(`Could not load the charts: ${err.message}`));

@@ -1,0 +1,105 @@
+"""The database layer: SQLite settings, schema upgrades that keep old runs, the non-blocking sink."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from factories import add_run, make_chunk, wait_until
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event, inspect, text
+
+from app.core.config import Settings
+from app.db import init_db, make_engine
+from app.main import create_app
+from app.sink import DatabaseSink
+from trainer import BATCH_COLUMNS, preset
+
+# the first schema: no parent/dataset links, no per-run summary, a BatchStat with two statistics
+OLD_SCHEMA = """
+CREATE TABLE run (id INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL, preset VARCHAR NOT NULL,
+    status VARCHAR NOT NULL, config JSON NOT NULL, num_classes INTEGER NOT NULL, created_at DATETIME NOT NULL,
+    started_at DATETIME, finished_at DATETIME, heartbeat_at DATETIME, worker VARCHAR,
+    cancel_requested BOOLEAN NOT NULL, error TEXT, steps INTEGER NOT NULL);
+CREATE TABLE batchstat (run_id INTEGER NOT NULL REFERENCES run (id), step BIGINT NOT NULL, epoch INTEGER NOT NULL,
+    nan_mask BIGINT NOT NULL, class_hist BLOB NOT NULL, loss DOUBLE, entropy_mean DOUBLE, PRIMARY KEY (run_id, step));
+"""
+
+
+def test_sqlite_is_set_up_for_concurrent_readers_and_one_writer(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        pragma = {
+            name: conn.execute(text(f"PRAGMA {name}")).scalar()
+            for name in ("journal_mode", "busy_timeout", "synchronous", "foreign_keys")
+        }
+    assert pragma == {"journal_mode": "wal", "busy_timeout": 30000, "synchronous": 1, "foreign_keys": 1}
+
+
+def test_an_old_database_is_upgraded_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+        conn.execute(
+            "INSERT INTO run VALUES (1, 'old run', 'fixed', 'completed', ?, 8, '2024-05-01 10:00:00.000000',"
+            " NULL, '2024-05-01 10:05:00.000000', NULL, 'w', 0, NULL, 3)",
+            (__import__("json").dumps(preset("fixed").to_dict()),),
+        )
+        conn.executemany(
+            "INSERT INTO batchstat VALUES (1, ?, 0, 0, ?, ?, ?)", [(s, b"", 2.0 - s / 10, 1.5) for s in range(3)]
+        )
+    settings = Settings(database_url=f"sqlite:///{path}", data_dir=tmp_path / "data", workers=0)
+    app = create_app(settings)
+    columns = {c["name"] for c in inspect(app.state.engine).get_columns("batchstat")}
+    assert columns >= set(BATCH_COLUMNS)
+    assert {c["name"] for c in inspect(app.state.engine).get_columns("run")} >= {"latest", "parent_id", "info"}
+    with TestClient(app) as client:
+        (item,) = client.get("/api/runs").json()["items"]
+        assert (item["id"], item["name"], item["status"], item["steps"]) == (1, "old run", "completed", 3)
+        assert item["finished_at"].startswith("2024-05-01T10:05:00")
+        assert client.get("/api/runs/1").json()["config"] == preset("fixed").to_dict()
+        stats = client.get("/api/runs/1/stats").json()
+        assert stats["steps"] == [0, 1, 2] and stats["columns"]["loss"] == [2.0, 1.9, 1.8]
+        # a statistic the old version did not record is null, not NaN
+        assert stats["columns"]["logit_max"] == [None] * 3 and stats["nonfinite"] == {}
+        assert client.post("/api/runs", json={}).status_code == 201
+    assert init_db(app.state.engine) == []  # a second start has nothing left to add
+
+
+def _count_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT COUNT(*) FROM batchstat")).scalar_one())
+
+
+def test_the_sink_never_blocks_training_and_writes_in_few_transactions(settings: Settings, engine: Engine) -> None:
+    run_id = add_run(engine)
+    commits = []
+    event.listen(engine, "commit", lambda conn: commits.append(time.monotonic()))
+    blocker = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    sink = DatabaseSink(engine, run_id)
+    started = time.perf_counter()
+    for start in range(0, 10_000, 50):
+        sink.on_batches(make_chunk(start, 50))
+    assert time.perf_counter() - started < 0.5, "on_batches waited for the database"
+    time.sleep(0.3)
+    blocker.execute("COMMIT")
+    blocker.close()
+    sink.close()
+    assert sink.error is None
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*), MAX(step) FROM batchstat")).one() == (10_000, 9_999)
+        assert conn.execute(text("SELECT steps, last_step FROM run")).one() == (10_000, 9_999)
+    assert len(commits) <= 3, f"{len(commits)} transactions for 200 chunks"
+
+
+def test_records_become_visible_while_the_run_goes_on(engine: Engine) -> None:
+    run_id = add_run(engine)
+    sink = DatabaseSink(engine, run_id)
+    sink.on_batches(make_chunk(0, 5))
+    sink.flush(timeout=10)
+    assert _count_rows(engine) == 5
+    sink.on_batches(make_chunk(5, 5))
+    wait_until(lambda: _count_rows(engine) == 10, timeout=5, what="the second chunk")
+    sink.close()

@@ -1,0 +1,128 @@
+"""Batch statistics over the API: increments, spike-keeping downsampling, NaN and infinity intact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from factories import add_run, make_chunk, make_eval, make_warning, write_stats
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from trainer import BATCH_COLUMNS, BatchChunk
+
+COLS = ("logit_max", "entropy_mean", "loss")
+
+
+def _concat(chunks: list[BatchChunk]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([c.steps for c in chunks]), np.concatenate([c.values for c in chunks])
+
+
+def _check_buckets(stats: dict, steps: np.ndarray, values: np.ndarray, since: int = -1) -> None:
+    """Every output pair (first, last step) must hold exactly the min and max of the raw rows between
+    them, in the order they occur, and the pairs must cover every row after `since` once."""
+    points = stats["steps"]
+    assert len(points) % 2 == 0, "every bucket here holds several rows, so each gives two points"
+    covered = 0
+    for i in range(0, len(points), 2):
+        first, last = points[i], points[i + 1]
+        assert first < last and (i == 0 or first > points[i - 1])
+        rows = (steps >= first) & (steps <= last)
+        covered += int(rows.sum())
+        for name in COLS:
+            raw = values[rows, BATCH_COLUMNS.index(name)]
+            got = stats["columns"][name][i : i + 2]
+            min_first = int(np.argmin(raw)) <= int(np.argmax(raw))
+            assert got == ([raw.min(), raw.max()] if min_first else [raw.max(), raw.min()]), (name, first, last)
+    assert points[0] == steps[steps > since][0] and points[-1] == steps[-1]
+    assert covered == int((steps > since).sum())
+
+
+def test_downsampling_keeps_a_planted_spike_and_dip(client: TestClient, engine: Engine) -> None:
+    run_id = add_run(engine)
+    chunks = [make_chunk(3 * start, 50, step_every=3) for start in range(0, 20_000, 50)]
+    spike_step, dip_step = 3 * 12_345, 3 * 777
+    spike_chunk, dip_chunk = chunks[12_345 // 50], chunks[777 // 50]
+    spike_chunk.values[12_345 % 50, BATCH_COLUMNS.index("logit_max")] = 250.0
+    dip_chunk.values[777 % 50, BATCH_COLUMNS.index("entropy_mean")] = -30.0
+    write_stats(engine, run_id, chunks, flush_every=7)
+    # 300 points read blocks of 16 batches, 40 points blocks of 256, 8 points blocks of 4096
+    for max_points in (300, 40, 8):
+        params = {"max_points": max_points, "columns": ",".join(COLS)}
+        stats = client.get(f"/api/runs/{run_id}/stats", params=params).json()
+        assert stats["downsampled"] and len(stats["steps"]) <= max_points
+        assert all(len(v) == len(stats["steps"]) for v in stats["columns"].values())
+        spike_at = stats["columns"]["logit_max"].index(250.0)
+        dip_at = stats["columns"]["entropy_mean"].index(-30.0)
+        assert stats["steps"][spike_at - spike_at % 2] <= spike_step <= stats["steps"][spike_at - spike_at % 2 + 1]
+        assert stats["steps"][dip_at - dip_at % 2] <= dip_step <= stats["steps"][dip_at - dip_at % 2 + 1]
+        _check_buckets(stats, *_concat(chunks))
+        assert len(stats["class_hist"]) == len(stats["steps"]) and len(stats["class_hist"][0]) == 8
+
+
+def test_downsampling_after_since_step_and_without_summaries(client: TestClient, engine: Engine) -> None:
+    run_id = add_run(engine)
+    # two sinks: the second joins a run with rows already stored, so its rows have no min/max blocks
+    first, second = [make_chunk(0, 1000)], [make_chunk(s, 100) for s in range(1000, 6000, 100)]
+    write_stats(engine, run_id, first, flush_every=1)
+    write_stats(engine, run_id, second, flush_every=3)
+    steps, values = _concat(first + second)
+    for since in (-1, 500, 1234):
+        stats = client.get(
+            f"/api/runs/{run_id}/stats", params={"since_step": since, "max_points": 100, "columns": ",".join(COLS)}
+        ).json()
+        assert stats["downsampled"] and len(stats["steps"]) <= 100
+        _check_buckets(stats, steps, values, since)
+
+
+def test_since_step_returns_only_newer_rows_in_order(client: TestClient, engine: Engine) -> None:
+    run_id = add_run(engine)
+    write_stats(engine, run_id, [make_chunk(0, 10)])
+    first = client.get(f"/api/runs/{run_id}/stats").json()
+    assert first["steps"] == list(range(10)) and first["last_step"] == 9 and not first["downsampled"]
+    write_stats(engine, run_id, [make_chunk(10, 5, loss=7.5)])
+    more = client.get(f"/api/runs/{run_id}/stats", params={"since_step": first["last_step"]}).json()
+    assert more["steps"] == [10, 11, 12, 13, 14] and more["columns"]["loss"] == [7.5] * 5
+    none = client.get(f"/api/runs/{run_id}/stats", params={"since_step": 14}).json()
+    assert none["steps"] == [] and none["last_step"] == 14
+
+
+def test_nan_and_infinity_survive_the_round_trip(client: TestClient, engine: Engine) -> None:
+    run_id = add_run(engine)
+    chunk = make_chunk(0, 40)
+    chunk.values[3, BATCH_COLUMNS.index("loss")] = math.nan
+    chunk.values[4, BATCH_COLUMNS.index("logit_max")] = math.inf
+    chunk.values[5, BATCH_COLUMNS.index("logit_min")] = -math.inf
+    write_stats(
+        engine,
+        run_id,
+        [chunk],
+        evals=(make_eval(39, kl=math.inf, objective=math.nan),),
+        warnings=(make_warning(3, kind="nonfinite_loss", loss=math.nan),),
+    )
+    with engine.connect() as conn:  # stored as what they are, not as a lossy NULL
+        row = conn.execute(
+            text("SELECT loss, logit_max, logit_min, nan_mask FROM batchstat WHERE step IN (3, 4, 5) ORDER BY step")
+        ).all()
+    assert row[0][0] is None and row[0][3] == 1 << BATCH_COLUMNS.index("loss")
+    assert row[1][1] == math.inf and row[2][2] == -math.inf and row[1][3] == 0
+    stats = client.get(f"/api/runs/{run_id}/stats").json()
+    assert stats["columns"]["loss"][3] is None and stats["columns"]["logit_max"][4] is None
+    assert stats["nonfinite"] == {"loss": [[3, "NaN"]], "logit_max": [[4, "Infinity"]], "logit_min": [[5, "-Infinity"]]}
+    small = client.get(f"/api/runs/{run_id}/stats", params={"max_points": 10, "columns": "loss,logit_max"}).json()
+    assert [kind for _, kind in small["nonfinite"]["loss"]] == ["NaN"]
+    assert [kind for _, kind in small["nonfinite"]["logit_max"]] == ["Infinity"]
+    (record,) = client.get(f"/api/runs/{run_id}/evals").json()
+    assert record["metrics"]["kl"] is None and record["nonfinite"] == {"kl": "Infinity", "objective": "NaN"}
+    (warning,) = client.get(f"/api/runs/{run_id}/warnings").json()
+    assert warning["evidence"] == {"loss": "NaN"}
+
+
+def test_bad_stats_queries_are_422s_naming_the_parameter(client: TestClient, engine: Engine) -> None:
+    run_id = add_run(engine)
+    response = client.get(f"/api/runs/{run_id}/stats", params={"columns": "loss,entrpy"})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "columns"] and "entrpy" in error["msg"]
+    response = client.get(f"/api/runs/{run_id}/stats", params={"max_points": 1})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "max_points"]

@@ -1,0 +1,151 @@
+"""The dashboard in a real Chromium against the real server: queue a collapse-prone run from the form,
+watch its charts grow live, apply the advice of its warning, and compare the two runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+OUTPUT = ROOT / "test-output"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
+# 20 epochs of the default data = 500 batches: a few seconds on a fast CPU, ~25 s on a busy shared
+# one; long enough to watch points arrive, and past step 50 where collapse-prone's warning fires
+EPOCHS = "20"
+
+if not CHROMIUM.exists():
+    pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(base: str, server: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{base}/api/health did not answer within {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("dashboard")
+    port = _free_port()
+    log = (tmp / "server.log").open("w")
+    command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--database-url",
+               f"sqlite:///{tmp / 'cw.db'}", "--workers", "1", "--data-dir", str(tmp / "data")]  # fmt: skip
+    # its own process group, so the worker processes it starts go with it
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def page(server: str) -> Iterator[sync_api.Page]:
+    OUTPUT.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000}, base_url=server)
+        errors: list[str] = []
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        yield tab
+        browser.close()
+        assert not errors, f"the browser reported errors: {errors}"
+
+
+def _points(page: sync_api.Page) -> int:
+    return page.evaluate("() => document.getElementById('chart-entropy').data[0].x.length")
+
+
+def test_collapse_run_live_charts_advice_and_compare(page: sync_api.Page) -> None:
+    page.goto("/")
+    page.locator(".page-head").get_by_role("link", name="New run").click()
+    page.wait_for_url(re.compile(r"/runs/new$"))
+
+    page.select_option("#preset", "collapse-prone")
+    assert float(page.input_value("#label_smoothing")) == 0.0, "picking the preset must fill its values"
+    assert page.input_value("#max_grad_norm") == "", "collapse-prone has clipping off"
+    page.fill("#name", "browser collapse")
+    page.fill("#epochs", EPOCHS)
+    page.get_by_role("button", name="Queue run").click()
+    page.wait_for_url(re.compile(r"/runs/\d+$"))
+    run_id = int(page.url.rsplit("/", 1)[1])
+    page.evaluate("() => { window.__sameDocument = true; }")  # gone if anything reloads the page
+
+    # live: the entropy chart gains points over SSE while the run trains
+    page.wait_for_function("() => document.getElementById('chart-entropy')?.data?.[0]?.x?.length > 0", timeout=60_000)
+    first = _points(page)
+    page.wait_for_function(f"() => document.getElementById('chart-entropy').data[0].x.length > {first}", timeout=30_000)
+    assert _points(page) > first
+    assert page.evaluate("() => window.__sameDocument === true"), "the page reloaded"
+
+    # a collapse warning with advice appears in the panel, still without a reload
+    advice = page.locator("#warnings .warning .apply-advice").first
+    advice.wait_for(timeout=90_000)
+    assert page.locator("#warnings .warning .advice").first.inner_text().startswith("Advice:")
+    assert page.evaluate("() => window.__sameDocument === true"), "the page reloaded"
+    page.locator("#run-header .status-completed, #run-header .status-failed, #run-header .status-diverged").wait_for(
+        timeout=120_000
+    )
+    page.wait_for_timeout(800)  # the heatmap redraws at most twice a second
+    page.screenshot(path=OUTPUT / "run_page.png", full_page=True)
+
+    # applying the advice queues a child run and opens its page
+    advice.click()
+    page.wait_for_url(re.compile(rf"/runs/(?!{run_id}$)\d+$"))
+    child_id = int(page.url.rsplit("/", 1)[1])
+    assert page.locator("#run-header .facts a").first.inner_text() == f"#{run_id}"
+    assert page.locator("#parent-diff tbody tr").count() >= 1, "the change from the parent is listed"
+
+    # both runs are in the list, the child with its parent link; its status follows the run live
+    page.goto("/")
+    page.evaluate("() => { window.__sameDocument = true; }")
+    child_row = page.locator(f"#runs-body tr[data-run-id='{child_id}']")
+    assert child_row.locator("td").last.inner_text() == f"#{run_id}"
+    assert child_row.get_attribute("data-status") in ("queued", "running"), "the child finished before the list loaded"
+    child_row.locator(".badge.status-completed").wait_for(timeout=120_000)
+    assert page.evaluate("() => window.__sameDocument === true"), "the list reloaded instead of refreshing"
+    page.screenshot(path=OUTPUT / "runs_list.png")
+    page.check(f"#runs-body input.pick[value='{run_id}']")
+    page.check(f"#runs-body input.pick[value='{child_id}']")
+    page.get_by_role("button", name=re.compile("Compare selected")).click()
+    page.wait_for_url(re.compile(r"/compare\?ids="))
+    page.wait_for_function("() => document.getElementById('compare-entropy')?.data?.length === 4", timeout=30_000)
+    assert page.locator("#compare-diff tbody tr").count() >= 1
+    page.screenshot(path=OUTPUT / "compare_page.png", full_page=True)

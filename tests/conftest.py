@@ -1,0 +1,78 @@
+"""Shared fixtures: settings on a temporary SQLite file, the app, a TestClient, the engine."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+
+from app.core.config import Settings
+from app.db import init_db, make_engine
+from app.main import create_app
+
+PG_URL = os.environ.get("COLLAPSEWATCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'collapsewatch.db'}",
+        data_dir=tmp_path / "data",
+        workers=0,
+        heartbeat_seconds=0.2,
+        stale_after_seconds=1.0,
+        reap_interval_seconds=0.2,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:  # runs the lifespan: the server's own stale-run reaper
+        yield test_client
+
+
+@pytest.fixture
+def engine(app: FastAPI) -> Engine:
+    return app.state.engine
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL of the test PostgreSQL database whose tables live in a private schema (dropped after)."""
+    schema = f"cw_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL, connect_args={"connect_timeout": 2})
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_engines(pg_url: str) -> Iterator[list[Engine]]:
+    """Four engines (four workers' pools) on the private PostgreSQL schema, its tables created."""
+    engines = [make_engine(pg_url) for _ in range(4)]
+    try:
+        init_db(engines[0])
+        yield engines
+    finally:
+        for engine in engines:
+            engine.dispose()

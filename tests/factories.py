@@ -1,0 +1,151 @@
+"""Test factories shared by the API tests: configs, runs, batch chunks, warnings, waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from app.models import Run
+from app.sink import DatabaseSink
+from app.worker import run_worker
+from trainer import BATCH_COLUMNS, Advice, BatchChunk, CollapseWarning, EvalRecord, from_dict
+
+T = TypeVar("T")
+
+# trains 4 batches in well under a second once torch is loaded
+TINY = {"epochs": 1, "batch_size": 32, "hidden_sizes": [16], "data": {"n_samples": 128}}
+# far more batches than any test waits for: something to cancel, kill or shut down
+LONG = {"epochs": 10_000, "batch_size": 32, "hidden_sizes": [16], "data": {"n_samples": 256}}
+# collapse-prone at the top learning rate: exploding logits within ~70 batches (about a second)
+EXPLODING = {"lr": 10.0, "epochs": 5, "batch_size": 32, "hidden_sizes": [64], "data": {"n_samples": 512}}
+
+
+def config(base: dict[str, Any] = TINY, **overrides: Any) -> dict[str, Any]:
+    data = {**base.get("data", {}), **overrides.pop("data", {})}
+    return {**base, **overrides, "data": data}
+
+
+def add_run(engine: Engine, preset: str = "fixed", **overrides: Any) -> int:
+    """A queued run straight in the database (what POST /api/runs stores), returns its id."""
+    cfg = from_dict(config(**overrides), base=preset)
+    with Session(engine) as session:
+        run = Run(name=f"test {preset}", preset=preset, config=cfg.to_dict(), num_classes=cfg.num_classes)
+        session.add(run)
+        session.commit()
+        assert run.id is not None
+        return run.id
+
+
+def make_chunk(
+    start: int, n: int, *, num_classes: int = 8, seed: int = 0, step_every: int = 1, **columns: Any
+) -> BatchChunk:
+    """n batches from step `start` (every `step_every`), random finite values, given columns overridden."""
+    rng = np.random.default_rng(seed + start)
+    values = rng.normal(size=(n, len(BATCH_COLUMNS)))
+    for name, value in columns.items():
+        values[:, BATCH_COLUMNS.index(name)] = value
+    steps = start + step_every * np.arange(n, dtype=np.int64)
+    return BatchChunk(
+        steps=steps,
+        epochs=steps // 100,
+        values=values,
+        class_hist=rng.dirichlet(np.ones(num_classes), size=n),
+    )
+
+
+def make_warning(step: int = 10, kind: str = "one_hot", **evidence: float) -> CollapseWarning:
+    return CollapseWarning(
+        kind=kind,
+        severity="critical",
+        step=step,
+        message=f"{kind} since step {step}",
+        evidence=evidence or {"onehot_frac": 0.6},
+        advice=Advice("Raise the temperature: 4 -> 5", {"temperature": 5.0}),
+    )
+
+
+def make_eval(step: int, **metrics: float) -> EvalRecord:
+    base = {
+        "objective": 1.0,
+        "soft_ce": 1.2,
+        "kl": 0.3,
+        "accuracy": 0.5,
+        "ece": 0.1,
+        "ece_signed": 0.05,
+        "brier": 0.4,
+        "entropy_mean": 1.1,
+        "target_entropy_mean": 0.5,
+        "onehot_frac": 0.0,
+        "maxprob_mean": 0.4,
+    }
+    return EvalRecord(
+        step=step,
+        epoch=0,
+        metrics={**base, **metrics},
+        pred_hist=[0.5, 0.5],
+        target_hist=[0.5, 0.5],
+        confusion=[[1, 0], [0, 1]],
+    )
+
+
+def write_stats(
+    engine: Engine,
+    run_id: int,
+    chunks: list[BatchChunk],
+    *,
+    warnings: tuple[CollapseWarning, ...] = (),
+    evals: tuple[EvalRecord, ...] = (),
+    flush_every: int = 0,
+) -> DatabaseSink:
+    """Store records through the real sink (as a worker does) and wait until they are committed;
+    `flush_every` n chunks makes the writer see them in many small drains, as during training."""
+    sink = DatabaseSink(engine, run_id)
+    for i, chunk in enumerate(chunks, 1):
+        sink.on_batches(chunk)
+        if flush_every and i % flush_every == 0:
+            sink.flush()
+    for record in evals:
+        sink.on_eval(record)
+    for warning in warnings:
+        sink.on_warning(warning)
+    sink.close()
+    assert sink.error is None, sink.error
+    return sink
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class WorkerThread:
+    """`run_worker` in a thread of the test process (a real worker, without the process start-up)."""
+
+    def __init__(self, engine: Engine, **kwargs: Any) -> None:
+        self.stop = threading.Event()
+        kwargs.setdefault("poll_seconds", 0.05)
+        kwargs.setdefault("heartbeat_seconds", 0.2)
+        self.thread = threading.Thread(
+            target=run_worker, args=(engine,), kwargs={"stop": self.stop, "name": "test-worker", **kwargs}, daemon=True
+        )
+
+    def __enter__(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the worker did not stop"
