@@ -32,6 +32,11 @@ from trainer import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunI
 
 log = logging.getLogger(__name__)
 _STOP = object()
+MAX_ROWS_PER_WRITE = 10_000  # batch rows per transaction when the writer has fallen behind
+
+
+def _batch_rows(item: Any) -> int:
+    return len(item[1]) if item is not _STOP and item[0] == "batches" else 0
 
 
 class DatabaseSink:
@@ -85,11 +90,15 @@ class DatabaseSink:
         stopping = False
         while not stopping:
             items = [self._queue.get()]
-            while True:  # everything that piled up meanwhile goes into the same transaction
+            rows = _batch_rows(items[0])
+            # what piled up meanwhile goes into the same transaction, up to a cap: one huge write
+            # would hold every row as Python objects at once and runs slower per row, not faster
+            while rows < MAX_ROWS_PER_WRITE:
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+                rows += _batch_rows(items[-1])
             stopping = any(item is _STOP for item in items)
             records = [item for item in items if item is not _STOP and item[0] != "flush"]
             if records and not self.run_missing:

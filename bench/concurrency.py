@@ -1,0 +1,204 @@
+"""4 workers and 20 browsers on one SQLite file: "database is locked", lost rows, API latency, SSE gaps.
+
+A real `collapsewatch serve --workers 4` subprocess trains queued runs while 20 httpx clients do what
+dashboard tabs do (list poll every 2 s; a run page's first load and its SSE stream), plus real Chromium
+tabs on run pages. Run: `.venv/bin/python -m bench.concurrency [--seconds 120] [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.common import append_results, machine_line
+from bench.live_server import chromium, load_average, serve
+from bench.page_clients import FINISHED, Tally, browse, timed_get
+
+PAGE_HOOKS = Path(__file__).with_name("latency_page.js")
+
+
+async def keep_queue_full(base: str, tally: Tally, seconds: float, ahead: int, epochs: tuple[int, int]) -> int:
+    """Queue runs so that `ahead` are always waiting, for `seconds`; returns how many were queued."""
+    rng, queued = random.Random(0), 0
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(base_url=base, timeout=30.0) as client:
+        while time.monotonic() < deadline:
+            page = await timed_get(client, tally, "GET /api/runs?status=queued", "/api/runs", status="queued", limit=1)
+            for _ in range(max(0, ahead - (page or {"total": ahead})["total"])):
+                body = {"preset": "fixed", "config": {"epochs": rng.randint(*epochs)}, "name": f"load #{queued}"}
+                started = time.perf_counter()
+                response = await client.post("/api/runs", json=body)
+                tally.note("POST /api/runs", time.perf_counter() - started, response)
+                queued += response.status_code == 201
+            await asyncio.sleep(1.0)
+    return queued
+
+
+async def drain(base: str, wait_seconds: float) -> list[int]:
+    """Cancel what is still queued and wait for the running runs to end; returns the cancelled ids."""
+    async with httpx.AsyncClient(base_url=base, timeout=30.0) as client:
+        queued = (await client.get("/api/runs", params={"status": "queued", "limit": 1000})).json()["items"]
+        for run in queued:
+            await client.post(f"/api/runs/{run['id']}/cancel")
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            if (await client.get("/api/runs", params={"status": "running", "limit": 1})).json()["total"] == 0:
+                break
+            await asyncio.sleep(1.0)
+    return [r["id"] for r in queued]
+
+
+def watch_in_chromium(base: str, tally: Tally, seconds: float, out: dict[str, Any]) -> None:
+    """One real Chromium tab on the page of a running run, moving on when it finishes: per stats event,
+    SSE arrival → drawn, and the page's errors."""
+    lags, errors, pages = [], [], 0
+    deadline = time.monotonic() + seconds
+    with chromium() as browser:
+        while time.monotonic() < deadline:
+            if not tally.running:
+                time.sleep(0.5)
+                continue
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.add_init_script(path=str(PAGE_HOOKS))
+            page.goto(f"{base}/runs/{random.choice(tally.running)}", timeout=60_000)
+            pages += 1
+            while time.monotonic() < deadline and page.evaluate("() => window.__cwLatency.status") not in FINISHED:
+                page.wait_for_timeout(500)
+            rec = page.evaluate("() => window.__cwLatency")
+            arrived = {a[1]: a[2] for a in rec["arrived"]}
+            lags += [d[5] - arrived[d[2]] for d in rec["drawn"] if d[0] == "chart-entropy" and d[2] in arrived]
+            page.close()
+    out.update(lags=np.array(lags, dtype=float) / 1000, errors=errors, pages=pages)
+
+
+def check_rows(db: Path) -> tuple[list[str], dict[str, int]]:
+    """Compare each run's stored rows with what its trainer trained; problems and counts by status."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = {r[0]: r[1:] for r in con.execute("SELECT run_id, count(*), min(step), max(step) FROM batchstat GROUP BY run_id")}
+    evals = dict(con.execute("SELECT run_id, max(step) FROM evalstat GROUP BY run_id"))
+    problems, by_status = [], {}
+    for run_id, status, steps, config, info, error in con.execute("SELECT id, status, steps, config, info, error FROM run"):
+        by_status[status] = by_status.get(status, 0) + 1
+        count, lo, hi = rows.get(run_id, (0, None, None))
+        if count != steps or (count and (lo, hi) != (0, count - 1)):
+            problems.append(f"run {run_id} ({status}): steps field {steps}, {count} rows, steps {lo}..{hi}")
+        if status == "completed":
+            expected = json.loads(info)["steps_per_epoch"] * json.loads(config)["epochs"]
+            if count != expected or evals.get(run_id) != expected:
+                problems.append(f"run {run_id}: trained {expected} steps, {count} rows, last eval {evals.get(run_id)}")
+        elif status not in ("cancelled",):
+            problems.append(f"run {run_id} ended {status}: {error}")
+    con.close()
+    return problems, by_status
+
+
+def _pct(values: list[float] | np.ndarray) -> str:
+    if not len(values):
+        return "-"
+    p50, p95 = np.percentile(values, [50, 95]) * 1000
+    return f"{p50:.0f} / {p95:.0f} / {np.max(values) * 1000:.0f}"
+
+
+async def load(base: str, args: argparse.Namespace, tally: Tally) -> int:
+    epochs = (args.min_epochs, args.max_epochs)
+    queuing = asyncio.create_task(keep_queue_full(base, tally, args.seconds, args.workers, epochs))
+    async with httpx.AsyncClient(base_url=base, timeout=30.0) as client:
+        while not tally.running:  # the first runs are claimed before the tabs open
+            page = (await client.get("/api/runs", params={"status": "running"})).json()
+            tally.running = [r["id"] for r in page["items"]]
+            await asyncio.sleep(0.5)
+    await browse(base, tally, args.tabs, args.seconds)
+    return await queuing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--tabs", type=int, default=20, help="httpx clients doing what a dashboard tab does")
+    parser.add_argument("--chromium", type=int, default=1, choices=(0, 1), help="real Chromium tabs alongside")
+    parser.add_argument("--min-epochs", type=int, default=40)
+    parser.add_argument("--max-epochs", type=int, default=80)
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.tabs, args.min_epochs, args.max_epochs = 15.0, 5, 8, 12
+    tmp = Path(tempfile.mkdtemp(prefix="cw-concurrency-"))
+    db, log = tmp / "cw.db", tmp / "server.log"
+    tally, browser_out = Tally(), {}
+    load_before = load_average()
+    with serve(db, log, workers=args.workers) as base:
+        started = time.monotonic()
+        tab = threading.Thread(target=watch_in_chromium, args=(base, tally, args.seconds, browser_out), daemon=True)
+        if args.chromium:
+            tab.start()
+        queued = asyncio.run(load(base, args, tally))
+        load_during = load_average()
+        tab.join(timeout=120) if args.chromium else None
+        cancelled = asyncio.run(drain(base, wait_seconds=180))
+        elapsed = time.monotonic() - started
+    server_log = log.read_text(errors="replace")
+    problems, by_status = check_rows(db)
+    report(args, tally, browser_out, server_log, problems, by_status, queued, cancelled, elapsed, (load_before, load_during))
+
+
+def report(args, tally, browser_out, server_log, problems, by_status, queued, cancelled, elapsed, loads) -> None:  # noqa: ANN001
+    locked = server_log.count("database is locked") + sum("database is locked" in e for e in tally.server_errors)
+    tracebacks = server_log.count("Traceback")
+    lines = [
+        "## 4 workers and 20 browsers on one SQLite file (bench/concurrency.py)",
+        "",
+        f"{machine_line()}; {loads[0]} before, {loads[1]} at the end of the load. `collapsewatch serve --workers "
+        f"{args.workers}` on a SQLite file; runs of the fixed preset, {args.min_epochs}-{args.max_epochs} epochs "
+        f"(25 steps each), {args.workers} always queued for {args.seconds:.0f} s ({queued} queued; afterwards "
+        f"{len(cancelled)} still queued were cancelled and the running ones finished); {args.tabs} httpx clients "
+        f"as dashboard tabs (GET /api/runs every 2 s; per run page GET stats?max_points=2000, evals, warnings, then "
+        f"its SSE stream; re-attach when the run ends); {args.chromium} real Chromium tab on run pages alongside.",
+        "",
+        "| endpoint class | requests | latency p50 / p95 / max (ms) |",
+        "| --- | --- | --- |",
+    ]
+    for kind, values in sorted(tally.latency.items()):
+        lines.append(f"| {kind} | {len(values)} | {_pct(values)} |")
+    worst = max(float(np.percentile(v, 95)) for v in tally.latency.values())
+    lines += [
+        "",
+        f"- API p95 target < 200 ms: {'met' if worst < 0.2 else 'MISSED'} (worst class p95 {worst * 1000:.0f} ms).",
+        f"- SSE: {tally.sse_events} stats events over {tally.attaches} attaches; gap between events of a running "
+        f"run p50 / p95 / max {_pct(tally.sse_gaps)} ms; events not starting right after the previous one: "
+        f"{tally.sse_step_holes}.",
+        f"- \"database is locked\": {locked} (server log and responses); 5xx responses: {len(tally.server_errors)}; "
+        f"tracebacks in the server log: {tracebacks}; client errors: {len(tally.client_errors)}; status codes "
+        f"{dict(sorted(tally.status_codes.items()))}.",
+        f"- Rows: runs by status {by_status}; each run's BatchStat rows vs its steps field (and, completed, vs the "
+        f"steps trained and the last eval step): {'all equal' if not problems else '; '.join(problems[:10])}.",
+    ]
+    if browser_out:
+        lines.append(
+            f"- Chromium tab: {browser_out['pages']} run pages, SSE event → drawn p50 / p95 / max "
+            f"{_pct(browser_out['lags'])} ms, page errors: {browser_out['errors'] or 'none'}."
+        )
+    lines.append(
+        f"- Whole benchmark {elapsed:.0f} s. Peers: \"database is locked\" when a dashboard and a trainer share one "
+        "SQLite file (optuna-dashboard#545, trackio#133; ANCHORS, measured earlier on these machines)."
+    )
+    for e in (tally.server_errors + tally.client_errors)[:5]:
+        lines.append(f"  - {e}")
+    print("\n".join(lines))
+    append_results(lines)
+
+
+if __name__ == "__main__":
+    main()
