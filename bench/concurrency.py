@@ -38,7 +38,11 @@ async def keep_queue_full(base: str, tally: Tally, seconds: float, ahead: int, e
             for _ in range(max(0, ahead - (page or {"total": ahead})["total"])):
                 body = {"preset": "fixed", "config": {"epochs": rng.randint(*epochs)}, "name": f"load #{queued}"}
                 started = time.perf_counter()
-                response = await client.post("/api/runs", json=body)
+                try:
+                    response = await client.post("/api/runs", json=body)
+                except httpx.HTTPError as exc:
+                    tally.client_errors.append(f"POST /api/runs: {type(exc).__name__}: {exc}")
+                    continue
                 tally.note("POST /api/runs", time.perf_counter() - started, response)
                 queued += response.status_code == 201
             await asyncio.sleep(1.0)
@@ -86,10 +90,14 @@ def watch_in_chromium(base: str, tally: Tally, seconds: float, out: dict[str, An
 def check_rows(db: Path) -> tuple[list[str], dict[str, int]]:
     """Compare each run's stored rows with what its trainer trained; problems and counts by status."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    rows = {r[0]: r[1:] for r in con.execute("SELECT run_id, count(*), min(step), max(step) FROM batchstat GROUP BY run_id")}
+    rows = {
+        r[0]: r[1:] for r in con.execute("SELECT run_id, count(*), min(step), max(step) FROM batchstat GROUP BY run_id")
+    }
     evals = dict(con.execute("SELECT run_id, max(step) FROM evalstat GROUP BY run_id"))
     problems, by_status = [], {}
-    for run_id, status, steps, config, info, error in con.execute("SELECT id, status, steps, config, info, error FROM run"):
+    for run_id, status, steps, config, info, error in con.execute(
+        "SELECT id, status, steps, config, info, error FROM run"
+    ):
         by_status[status] = by_status.get(status, 0) + 1
         count, lo, hi = rows.get(run_id, (0, None, None))
         if count != steps or (count and (lo, hi) != (0, count - 1)):
@@ -151,10 +159,21 @@ def main() -> None:
         elapsed = time.monotonic() - started
     server_log = log.read_text(errors="replace")
     problems, by_status = check_rows(db)
-    report(args, tally, browser_out, server_log, problems, by_status, queued, cancelled, elapsed, (load_before, load_during))
+    report(
+        args,
+        tally,
+        browser_out,
+        server_log,
+        problems,
+        by_status,
+        queued,
+        cancelled,
+        elapsed,
+        (load_before, load_during),
+    )
 
 
-def report(args, tally, browser_out, server_log, problems, by_status, queued, cancelled, elapsed, loads) -> None:  # noqa: ANN001
+def report(args, tally, browser_out, server_log, problems, by_status, queued, cancelled, elapsed, loads) -> None:
     locked = server_log.count("database is locked") + sum("database is locked" in e for e in tally.server_errors)
     tracebacks = server_log.count("Traceback")
     lines = [
@@ -179,7 +198,7 @@ def report(args, tally, browser_out, server_log, problems, by_status, queued, ca
         f"- SSE: {tally.sse_events} stats events over {tally.attaches} attaches; gap between events of a running "
         f"run p50 / p95 / max {_pct(tally.sse_gaps)} ms; events not starting right after the previous one: "
         f"{tally.sse_step_holes}.",
-        f"- \"database is locked\": {locked} (server log and responses); 5xx responses: {len(tally.server_errors)}; "
+        f'- "database is locked": {locked} (server log and responses); 5xx responses: {len(tally.server_errors)}; '
         f"tracebacks in the server log: {tracebacks}; client errors: {len(tally.client_errors)}; status codes "
         f"{dict(sorted(tally.status_codes.items()))}.",
         f"- Rows: runs by status {by_status}; each run's BatchStat rows vs its steps field (and, completed, vs the "
@@ -191,7 +210,7 @@ def report(args, tally, browser_out, server_log, problems, by_status, queued, ca
             f"{_pct(browser_out['lags'])} ms, page errors: {browser_out['errors'] or 'none'}."
         )
     lines.append(
-        f"- Whole benchmark {elapsed:.0f} s. Peers: \"database is locked\" when a dashboard and a trainer share one "
+        f'- Whole benchmark {elapsed:.0f} s. Peers: "database is locked" when a dashboard and a trainer share one '
         "SQLite file (optuna-dashboard#545, trackio#133; ANCHORS, measured earlier on these machines)."
     )
     for e in (tally.server_errors + tally.client_errors)[:5]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ STAGES = ("finished", "handoff", "committed", "arrived", "drawn", "drawn_all")
 class TimedSink(DatabaseSink):
     """The worker's sink, noting when each step is handed over and when its transaction committed."""
 
-    made: list[TimedSink] = []
+    made: ClassVar[list[TimedSink]] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.handoff: dict[int, float] = {}
@@ -111,7 +111,9 @@ class Phase:
 def run_phase(engine: Any, base: str, browser: Any, rate: float, epochs: int) -> Phase:
     with Session(engine) as session:
         label = f"{rate:g} steps/s" if rate else "full speed"
-        crud.create_run(session=session, run_in=RunCreate(preset="fixed", name=f"latency {label}", config={"epochs": epochs}))
+        crud.create_run(
+            session=session, run_in=RunCreate(preset="fixed", name=f"latency {label}", config={"epochs": epochs})
+        )
     run_id = claim_run(engine, worker=WORKER)
     assert run_id is not None
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -204,10 +206,15 @@ def report(phases: list[Phase], load_before: str, load_after: str, cfg: Any) -> 
     worst = max(float(np.percentile(p.times["drawn"] - p.times["handoff"], 95)) for p in phases)
     lines += [
         "",
-        f"Target: p95 left trainer → drawn < 1 s: {'met' if worst < 1.0 else 'MISSED'} (worst p95 {worst * 1000:.0f} ms). "
+        f"Target: p95 left trainer → drawn < 1 s: {'met' if worst < 1.0 else 'MISSED'} "
+        f"(worst p95 {worst * 1000:.0f} ms). "
         "Peers refresh by polling every 7-30 s (ANCHORS, measured earlier on these machines).",
     ]
-    bad = [f"{p.rate:g}: status {p.status}, page errors {p.page_errors}" for p in phases if p.status != "completed" or p.page_errors]
+    bad = [
+        f"{p.rate:g}: status {p.status}, page errors {p.page_errors}"
+        for p in phases
+        if p.status != "completed" or p.page_errors
+    ]
     if bad:
         lines.append(f"Problems: {'; '.join(bad)}")
     print("\n".join(lines))

@@ -77,7 +77,9 @@ async def follow_runs(client: httpx.AsyncClient, tally: Tally, deadline: float) 
         tally.attaches += 1
         try:
             stats, _evals, _warnings = await asyncio.gather(
-                timed_get(client, tally, "GET /stats?max_points=2000 (attach)", f"/api/runs/{run_id}/stats", max_points=2000),
+                timed_get(
+                    client, tally, "GET /stats?max_points=2000 (attach)", f"/api/runs/{run_id}/stats", max_points=2000
+                ),
                 timed_get(client, tally, "GET /evals (attach)", f"/api/runs/{run_id}/evals"),
                 timed_get(client, tally, "GET /warnings (attach)", f"/api/runs/{run_id}/warnings"),
             )

@@ -233,7 +233,9 @@ def _loop(run: _Run, should_stop: Callable[[], bool]) -> tuple[str, int]:
     cfg = run.cfg
     last_flush = time.perf_counter()
     for epoch in range(cfg.epochs):
-        order = torch.randperm(len(run.x), generator=run.shuffle).to(run.device)
+        order = torch.randperm(len(run.x), generator=run.shuffle)
+        if run.device.type == "cuda":  # pinned + non_blocking: a pageable copy would sync the host
+            order = order.pin_memory().to(run.device, non_blocking=True)
         for idx in order.split(cfg.batch_size):
             if should_stop():
                 return "cancelled", epoch

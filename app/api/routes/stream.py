@@ -20,7 +20,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from app import crud
-from app.api.deps import EngineDep, SessionDep
+from app.api.deps import EngineDep
 from app.models import FINISHED_STATUSES, Run, StatusEvent
 
 router = APIRouter(prefix="/runs", tags=["stream"])
@@ -88,10 +88,11 @@ async def run_events(request: Request, engine: Engine, run_id: int, since_step: 
 
 
 @router.get("/{run_id}/events", response_class=StreamingResponse)
-def stream_run_events(
-    request: Request, session: SessionDep, engine: EngineDep, run_id: int, since_step: int = -1
-) -> StreamingResponse:
-    crud.get_run(session=session, run_id=run_id)  # 404 before the stream starts
+def stream_run_events(request: Request, engine: EngineDep, run_id: int, since_step: int = -1) -> StreamingResponse:
+    # a session of its own, closed before the stream starts: a request-scoped one (SessionDep) would
+    # hold a pooled connection, and a read snapshot that stops WAL checkpoints, for the whole stream
+    with Session(engine) as session:
+        crud.get_run(session=session, run_id=run_id)  # 404 before the stream starts
     return StreamingResponse(
         run_events(request, engine, run_id, since_step),
         media_type="text/event-stream",
