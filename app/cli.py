@@ -41,6 +41,7 @@ def serve(args: argparse.Namespace) -> int:
             settings.workers,
             heartbeat_seconds=settings.heartbeat_seconds,
             stale_after_seconds=settings.stale_after_seconds,
+            nice=settings.worker_nice,
         )
     print(
         f"collapsewatch: http://{settings.host}:{settings.port}  database {settings.database_url}  "

@@ -41,11 +41,16 @@ def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         in_memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+        # a file: no cap on connections (they are cheap file handles). With the default cap (5 + 10),
+        # more requests than that in the thread pool deadlock for pool_timeout (30 s): those waiting
+        # for a connection hold every thread, and closing a session (FastAPI runs a sync dependency's
+        # exit in the thread pool) needs one to give its connection back.
+        pooling = {"poolclass": StaticPool} if in_memory else {"pool_size": 10, "max_overflow": -1}
         engine = create_engine(
             url,
             # the sqlite3 module's own lock timeout; busy_timeout below is the one SQLite applies
             connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=StaticPool if in_memory else None,
+            **pooling,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -24,6 +24,7 @@ from app.api.main import api_router
 from app.core.config import Settings
 from app.db import init_db, make_engine
 from app.errors import InputError, NotFound
+from app.run_feed import FeedHub
 from app.worker import WorkerPool, reap_stale_runs
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.run_feeds = FeedHub(engine)  # event streams of one run share its database poll
     app.state.templates = Jinja2Templates(directory=ROOT / "templates")
     _add_error_handlers(app)
     app.include_router(api_router, prefix="/api")

@@ -7,14 +7,14 @@ so a million-batch run costs a few thousand small rows, never a million Python o
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Connection, func, select
 from sqlmodel import Session
 
 from app.errors import InputError
-from app.models import BatchStat, Run, StatBlock, StatsPublic
+from app.models import BatchStat, StatBlock, StatsPublic
 from app.rollup import LEVELS, Segments, combine, decode_stats, from_rows, level_rows
 from trainer import BATCH_COLUMNS
 
@@ -22,17 +22,27 @@ _BIT = {name: i for i, name in enumerate(BATCH_COLUMNS)}
 _HIST_BATCH = 500  # steps per IN (...) lookup: far below every database's parameter limit
 
 
+class RunRef(Protocol):
+    """What reading statistics needs of a run: a `Run`, or the few columns the event stream reads."""
+
+    id: int | None
+    status: str
+    steps: int
+
+
 def get_stats(
     *,
     session: Session,
-    run: Run,
+    run: RunRef,
     since_step: int = -1,
     max_points: int = 0,
     columns: list[str] | None = None,
     limit: int | None = None,
+    until_step: int | None = None,
 ) -> StatsPublic:
-    """Rows with step > since_step, ascending; with max_points > 0 and more rows than that, at most
-    max_points points: per bucket its first and last step, each column's min and max in step order."""
+    """Rows with since_step < step (<= until_step), ascending; with max_points > 0 and more rows than
+    that, at most max_points points: per bucket its first and last step, each column's min and max in
+    step order. `until_step` reads raw rows only (the event stream's catch-up)."""
     names = list(columns) if columns else list(BATCH_COLUMNS)
     unknown = [n for n in names if n not in _BIT]
     if unknown:
@@ -41,8 +51,10 @@ def get_stats(
         )
     conn = session.connection()
     assert run.id is not None
+    if max_points <= 0 or until_step is not None:  # no need to count the rows (a query of its own)
+        return _raw_stats(conn, run, since_step, names, limit, until_step)
     total = run.steps if since_step < 0 else _count(conn, run.id, since_step)
-    if max_points <= 0 or total <= max_points:
+    if total <= max_points:
         return _raw_stats(conn, run, since_step, names, limit)
     return _downsampled_stats(conn, run, since_step, names, total, max_points)
 
@@ -75,8 +87,10 @@ def _raw_rows(
         cursor.close()
 
 
-def _raw_stats(conn: Connection, run: Run, since_step: int, names: list[str], limit: int | None) -> StatsPublic:
-    rows = _raw_rows(conn, run.id or 0, since_step, None, names, limit, hist=True)
+def _raw_stats(
+    conn: Connection, run: RunRef, since_step: int, names: list[str], limit: int | None, until_step: int | None = None
+) -> StatsPublic:
+    rows = _raw_rows(conn, run.id or 0, since_step, until_step, names, limit, hist=True)
     steps = [r[0] for r in rows]
     masks = np.array([r[2] for r in rows], dtype=np.int64)
     values = np.array([r[4:] for r in rows], dtype=np.float64).reshape(len(rows), len(names))  # None -> NaN
@@ -96,7 +110,7 @@ def _raw_stats(conn: Connection, run: Run, since_step: int, names: list[str], li
 
 
 def _downsampled_stats(
-    conn: Connection, run: Run, since_step: int, names: list[str], total: int, max_points: int
+    conn: Connection, run: RunRef, since_step: int, names: list[str], total: int, max_points: int
 ) -> StatsPublic:
     run_id = run.id or 0
     n_buckets = max(1, max_points // 2)

@@ -219,9 +219,13 @@ def worker_process_main(
     stale_after_seconds: float,
     shutdown: Any,
     torch_threads: int | None,
+    nice: int = 0,
 ) -> None:
     """Entry point of one spawned worker process; returns when `shutdown` (a multiprocessing Event) is set."""
     from app.db import make_engine
+
+    if nice:
+        os.nice(nice)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -260,9 +264,15 @@ class WorkerPool:
     """N worker processes (multiprocessing 'spawn': no inherited engine, lock or CUDA state)."""
 
     def __init__(
-        self, database_url: str, size: int, *, heartbeat_seconds: float = 1.0, stale_after_seconds: float = 15.0
+        self,
+        database_url: str,
+        size: int,
+        *,
+        heartbeat_seconds: float = 1.0,
+        stale_after_seconds: float = 15.0,
+        nice: int = 0,
     ) -> None:
-        self.database_url, self.size = database_url, size
+        self.database_url, self.size, self.nice = database_url, size, nice
         self.heartbeat_seconds, self.stale_after_seconds = heartbeat_seconds, stale_after_seconds
         self._ctx = multiprocessing.get_context("spawn")
         self._shutdown = self._ctx.Event()
@@ -280,6 +290,7 @@ class WorkerPool:
                     self.stale_after_seconds,
                     self._shutdown,
                     threads,
+                    self.nice,
                 ),
                 name=f"collapsewatch-worker-{i}",
             )

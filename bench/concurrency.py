@@ -22,10 +22,12 @@ import httpx
 import numpy as np
 
 from bench.common import append_results, machine_line
-from bench.live_server import chromium, load_average, serve
+from bench.live_server import chromium, cpu_seconds, load_average, serve
 from bench.page_clients import FINISHED, Tally, browse, timed_get
 
 PAGE_HOOKS = Path(__file__).with_name("latency_page.js")
+PAGE_STATE = """() => window.__cwLatency.status
+    || (document.body.dataset.chartsReady && !window.__cwLatency.opened ? "no stream" : null)"""
 
 
 async def keep_queue_full(base: str, tally: Tally, seconds: float, ahead: int, epochs: tuple[int, int]) -> int:
@@ -78,13 +80,27 @@ def watch_in_chromium(base: str, tally: Tally, seconds: float, out: dict[str, An
             page.add_init_script(path=str(PAGE_HOOKS))
             page.goto(f"{base}/runs/{random.choice(tally.running)}", timeout=60_000)
             pages += 1
-            while time.monotonic() < deadline and page.evaluate("() => window.__cwLatency.status") not in FINISHED:
+            idle = 0  # checks in a row with the charts drawn and no stream: the run had ended already
+            while time.monotonic() < deadline and idle < 4:
+                state = page.evaluate(PAGE_STATE)
+                if state in FINISHED:
+                    break
+                idle = idle + 1 if state == "no stream" else 0
                 page.wait_for_timeout(500)
-            rec = page.evaluate("() => window.__cwLatency")
-            arrived = {a[1]: a[2] for a in rec["arrived"]}
-            lags += [d[5] - arrived[d[2]] for d in rec["drawn"] if d[0] == "chart-entropy" and d[2] in arrived]
+            lags += _page_lags(page.evaluate("() => window.__cwLatency"))
             page.close()
     out.update(lags=np.array(lags, dtype=float) / 1000, errors=errors, pages=pages)
+
+
+def _page_lags(rec: dict[str, Any]) -> list[float]:
+    """Per stats event: from its arrival to the first frame that drew its last step (ms)."""
+    drawn = sorted((d[5], d[2]) for d in rec["drawn"] if d[0] == "chart-entropy")
+    lags = []
+    for _first, last, arrived in rec["arrived"]:
+        at = next((t for t, step in drawn if step >= last), None)
+        if at is not None:
+            lags.append(at - arrived)
+    return lags
 
 
 def check_rows(db: Path) -> tuple[list[str], dict[str, int]]:
@@ -145,53 +161,46 @@ def main() -> None:
         args.seconds, args.tabs, args.min_epochs, args.max_epochs = 15.0, 5, 8, 12
     tmp = Path(tempfile.mkdtemp(prefix="cw-concurrency-"))
     db, log = tmp / "cw.db", tmp / "server.log"
-    tally, browser_out = Tally(), {}
-    load_before = load_average()
-    with serve(db, log, workers=args.workers) as base:
-        started = time.monotonic()
-        tab = threading.Thread(target=watch_in_chromium, args=(base, tally, args.seconds, browser_out), daemon=True)
+    tally, facts = Tally(), {"load_before": load_average(), "chromium": {}}
+    with serve(db, log, workers=args.workers) as server:
+        started, cpu_before = time.monotonic(), cpu_seconds(server.pid)
+        out = facts["chromium"]
+        tab = threading.Thread(target=watch_in_chromium, args=(server.base, tally, args.seconds, out), daemon=True)
         if args.chromium:
             tab.start()
-        queued = asyncio.run(load(base, args, tally))
-        load_during = load_average()
+        facts["queued"] = asyncio.run(load(server.base, args, tally))
+        cpu_after = cpu_seconds(server.pid)
+        facts["load_during"], facts["load_seconds"] = load_average(), time.monotonic() - started
+        facts["cpu"] = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]
         tab.join(timeout=120) if args.chromium else None
-        cancelled = asyncio.run(drain(base, wait_seconds=180))
-        elapsed = time.monotonic() - started
-    server_log = log.read_text(errors="replace")
-    problems, by_status = check_rows(db)
-    report(
-        args,
-        tally,
-        browser_out,
-        server_log,
-        problems,
-        by_status,
-        queued,
-        cancelled,
-        elapsed,
-        (load_before, load_during),
-    )
+        facts["cancelled"] = asyncio.run(drain(server.base, wait_seconds=180))
+        facts["elapsed"] = time.monotonic() - started
+    facts["server_log"] = log.read_text(errors="replace")
+    facts["problems"], facts["by_status"] = check_rows(db)
+    report(args, tally, facts)
 
 
-def report(args, tally, browser_out, server_log, problems, by_status, queued, cancelled, elapsed, loads) -> None:
+def report(args: argparse.Namespace, tally: Tally, facts: dict[str, Any]) -> None:
+    server_log, problems, browser_out = facts["server_log"], facts["problems"], facts["chromium"]
     locked = server_log.count("database is locked") + sum("database is locked" in e for e in tally.server_errors)
-    tracebacks = server_log.count("Traceback")
+    seconds, (server_cpu, workers_cpu) = facts["load_seconds"], facts["cpu"]
     lines = [
-        "## 4 workers and 20 browsers on one SQLite file (bench/concurrency.py)",
+        "### 4 workers and 20 browsers on one SQLite file (bench/concurrency.py)",
         "",
-        f"{machine_line()}; {loads[0]} before, {loads[1]} at the end of the load. `collapsewatch serve --workers "
-        f"{args.workers}` on a SQLite file; runs of the fixed preset, {args.min_epochs}-{args.max_epochs} epochs "
-        f"(25 steps each), {args.workers} always queued for {args.seconds:.0f} s ({queued} queued; afterwards "
-        f"{len(cancelled)} still queued were cancelled and the running ones finished); {args.tabs} httpx clients "
-        f"as dashboard tabs (GET /api/runs every 2 s; per run page GET stats?max_points=2000, evals, warnings, then "
-        f"its SSE stream; re-attach when the run ends); {args.chromium} real Chromium tab on run pages alongside.",
+        f"{machine_line()}; {facts['load_before']} before, {facts['load_during']} at the end of the load. "
+        f"`collapsewatch serve --workers {args.workers}` on a SQLite file; runs of the fixed preset, "
+        f"{args.min_epochs}-{args.max_epochs} epochs (25 steps each), {args.workers} always queued for "
+        f"{args.seconds:.0f} s ({facts['queued']} queued; afterwards {len(facts['cancelled'])} still queued were "
+        f"cancelled and the running ones finished); {args.tabs} httpx clients as dashboard tabs (GET /api/runs "
+        "every 2 s; per run page GET stats?max_points=2000, evals, warnings, then its SSE stream; re-attach when "
+        f"the run ends); {args.chromium} real Chromium tab on run pages alongside.",
         "",
         "| endpoint class | requests | latency p50 / p95 / max (ms) |",
         "| --- | --- | --- |",
     ]
-    for kind, values in sorted(tally.latency.items()):
-        lines.append(f"| {kind} | {len(values)} | {_pct(values)} |")
+    lines += [f"| {kind} | {len(v)} | {_pct(v)} |" for kind, v in sorted(tally.latency.items())]
     worst = max(float(np.percentile(v, 95)) for v in tally.latency.values())
+    rows = "all equal" if not problems else "; ".join(problems[:10])
     lines += [
         "",
         f"- API p95 target < 200 ms: {'met' if worst < 0.2 else 'MISSED'} (worst class p95 {worst * 1000:.0f} ms).",
@@ -199,10 +208,12 @@ def report(args, tally, browser_out, server_log, problems, by_status, queued, ca
         f"run p50 / p95 / max {_pct(tally.sse_gaps)} ms; events not starting right after the previous one: "
         f"{tally.sse_step_holes}.",
         f'- "database is locked": {locked} (server log and responses); 5xx responses: {len(tally.server_errors)}; '
-        f"tracebacks in the server log: {tracebacks}; client errors: {len(tally.client_errors)}; status codes "
-        f"{dict(sorted(tally.status_codes.items()))}.",
-        f"- Rows: runs by status {by_status}; each run's BatchStat rows vs its steps field (and, completed, vs the "
-        f"steps trained and the last eval step): {'all equal' if not problems else '; '.join(problems[:10])}.",
+        f"tracebacks in the server log: {server_log.count('Traceback')}; client errors: "
+        f"{len(tally.client_errors)}; status codes {dict(sorted(tally.status_codes.items()))}.",
+        f"- Rows: runs by status {facts['by_status']}; each run's BatchStat rows vs its steps field (and, "
+        f"completed, vs the steps trained and the last eval step): {rows}.",
+        f"- CPU during the {seconds:.0f} s of load: server process {server_cpu:.0f} s, its {args.workers} workers "
+        f"{workers_cpu:.0f} s (2 cores: {2 * seconds:.0f} s in all).",
     ]
     if browser_out:
         lines.append(
@@ -210,11 +221,10 @@ def report(args, tally, browser_out, server_log, problems, by_status, queued, ca
             f"{_pct(browser_out['lags'])} ms, page errors: {browser_out['errors'] or 'none'}."
         )
     lines.append(
-        f'- Whole benchmark {elapsed:.0f} s. Peers: "database is locked" when a dashboard and a trainer share one '
-        "SQLite file (optuna-dashboard#545, trackio#133; ANCHORS, measured earlier on these machines)."
+        f'- Whole benchmark {facts["elapsed"]:.0f} s. Peers: "database is locked" when a dashboard and a trainer '
+        "share one SQLite file (optuna-dashboard#545, trackio#133; ANCHORS, measured earlier on these machines)."
     )
-    for e in (tally.server_errors + tally.client_errors)[:5]:
-        lines.append(f"  - {e}")
+    lines += [f"  - {e}" for e in (tally.server_errors + tally.client_errors)[:5]]
     print("\n".join(lines))
     append_results(lines)
 

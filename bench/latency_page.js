@@ -6,28 +6,19 @@
   window.__cwLatency = rec;
   const TRACKED = new Set(["chart-entropy", "chart-grad"]); // the first and the last of the stat charts
 
-  rec.reacts = [];
   function wrap(plotly) {
-    const react = plotly.react;
-    plotly.react = function (gd, ...rest) {
-      const called = Date.now();
-      const result = react.call(this, gd, ...rest);
-      const sync = Date.now();
-      Promise.resolve(result).then(() => { const res = Date.now(); requestAnimationFrame(() => rec.reacts.push([gd, called, sync, res, Date.now()])); });
-      return result;
-    };
     const extend = plotly.extendTraces;
     plotly.extendTraces = function (gd, update, ...rest) {
       const id = typeof gd === "string" ? gd : gd.id;
       const called = Date.now();
       const result = extend.call(this, gd, update, ...rest);
-      const sync = Date.now();
       const steps = update?.x?.[0];
       if (TRACKED.has(id) && steps?.length) {
         const [first, last] = [steps[0], steps[steps.length - 1]];
-        // drawn: the animation frame after Plotly finished redrawing the plot
-        Promise.resolve(result).then(() => { const res = Date.now();
-          requestAnimationFrame(() => rec.drawn.push([id, first, last, steps.length, called, Date.now(), sync, res])); });
+        // [chart, first step, last step, points, called at, drawn at]; drawn: the animation frame
+        // after Plotly finished redrawing the plot (its promise resolved)
+        Promise.resolve(result).then(() =>
+          requestAnimationFrame(() => rec.drawn.push([id, first, last, steps.length, called, Date.now()])));
       }
       return result;
     };

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,10 +12,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVER_COMMAND = [sys.executable, "-m", "app"]  # a profiler may wrap it
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -46,13 +49,37 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], seconds: float = 90.
     raise RuntimeError(f"{base}/api/health did not answer within {seconds} s")
 
 
+@dataclass
+class Server:
+    base: str  # http://127.0.0.1:<port>
+    pid: int
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by process `pid` and by its live child processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    total = 0.0
+    for child in children:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += own(child)
+    return own(pid), total
+
+
 @contextmanager
-def serve(db: Path, log: Path, workers: int) -> Iterator[str]:
-    """`python -m app serve` on `db` with `workers` worker processes; yields its base URL. Its output
-    (stdout and stderr) goes to `log`; it is stopped with SIGINT (workers end their runs) at exit."""
+def serve(db: Path, log: Path, workers: int) -> Iterator[Server]:
+    """`python -m app serve` on `db` with `workers` worker processes. Its output (stdout and stderr)
+    goes to `log`; it is stopped with SIGINT (workers end their runs) at exit."""
     port = free_port()
     command = [
-        sys.executable, "-m", "app", "serve", "--port", str(port), "--database-url", f"sqlite:///{db}",
+        *SERVER_COMMAND, "serve", "--port", str(port), "--database-url", f"sqlite:///{db}",
         "--workers", str(workers), "--data-dir", str(db.parent / "data"),
     ]  # fmt: skip
     with log.open("w") as out:
@@ -61,7 +88,7 @@ def serve(db: Path, log: Path, workers: int) -> Iterator[str]:
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_healthy(base, proc)
-            yield base
+            yield Server(base, proc.pid)
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             try:

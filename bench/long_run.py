@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,7 +31,7 @@ from app.models import Run
 from app.sink import DatabaseSink
 from bench.chunks import iter_chunks
 from bench.common import append_results, machine_line
-from bench.page_load import measure_page_loads
+from bench.page_load import VISITS, measure_page_loads
 from trainer import EVAL_METRICS, Advice, CollapseWarning, EvalRecord, TrainResult, preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,19 +87,20 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(db: Path, tmp: Path) -> Iterator[str]:
-    """`collapsewatch serve` without workers on the database, on a free loopback port."""
+def serve(db: Path, tmp: Path, tree: Path = ROOT) -> Iterator[str]:
+    """`collapsewatch serve` of the checkout `tree`, without workers, on a free loopback port."""
     port = _free_port()
-    log = (tmp / "server.log").open("w")
+    log_path = tmp / f"server-{port}.log"
+    log = log_path.open("w")
     command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--database-url", f"sqlite:///{db}",
                "--workers", "0", "--data-dir", str(tmp / "data")]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(command, cwd=tree, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(f"the server did not start: {log_path.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{base}/api/health", timeout=2):
                     break
@@ -116,88 +117,133 @@ def serve(db: Path, tmp: Path) -> Iterator[str]:
         log.close()
 
 
-def time_requests(client: httpx.Client, url: str, n: int) -> tuple[list[float], httpx.Response]:
-    """Milliseconds per request (the whole body read), after two untimed warm-up requests."""
-    for _ in range(2):
-        client.get(url).raise_for_status()
-    times: list[float] = []
+def time_requests(clients: dict[str, httpx.Client], url: str, n: int) -> dict[str, tuple[list[float], httpx.Response]]:
+    """Per server, milliseconds per request (the whole body read), the servers taking turns, after
+    two untimed warm-up requests each."""
+    for client in clients.values():
+        for _ in range(2):
+            client.get(url).raise_for_status()
+    out: dict[str, tuple[list[float], httpx.Response]] = {label: ([], None) for label in clients}  # type: ignore[misc]
     for _ in range(n):
-        start = time.perf_counter()
-        response = client.get(url)
-        times.append((time.perf_counter() - start) * 1e3)
-        response.raise_for_status()
-    return times, response
+        for label, client in clients.items():
+            start = time.perf_counter()
+            response = client.get(url)
+            elapsed = (time.perf_counter() - start) * 1e3
+            response.raise_for_status()
+            out[label][0].append(elapsed)
+            out[label] = (out[label][0], response)
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def measure_api(base: str, run_id: int, rows: int, n: int) -> dict[str, object]:
-    with httpx.Client(base_url=base, timeout=60) as client:
+def measure_api(bases: dict[str, str], run_id: int, rows: int, n: int) -> dict[str, dict[str, object]]:
+    clients = {label: httpx.Client(base_url=base, timeout=60) for label, base in bases.items()}
+    try:
         # exactly what static/js/run_page.js asks for first (meta.stats_url: every column)
-        stats_url = f"/api/runs/{run_id}/stats?max_points={STATS_POINTS}"
-        stats_ms, stats = time_requests(client, stats_url, n)
-        body = stats.json()
-        if not body["downsampled"] or len(body["steps"]) > STATS_POINTS or body["last_step"] != rows - 1:
-            raise RuntimeError(f"unexpected stats answer: {len(body['steps'])} points, last {body['last_step']}")
+        stats = time_requests(clients, f"/api/runs/{run_id}/stats?max_points={STATS_POINTS}", n)
         # a live client: the rows after the last step it has (here, the last 10)
-        since_url = f"/api/runs/{run_id}/stats?since_step={rows - 11}"
-        since_ms, since = time_requests(client, since_url, n)
-        if since.json()["steps"] != list(range(rows - 10, rows)):
-            raise RuntimeError("the since_step request did not return the last 10 steps")
-    return {
-        "stats_ms": stats_ms,
-        "stats_bytes": len(stats.content),
-        "stats_points": len(body["steps"]),
-        "stats_columns": len(body["columns"]),
-        "bucket": body["bucket_size"],
-        "since_ms": since_ms,
-        "since_bytes": len(since.content),
-    }
+        since = time_requests(clients, f"/api/runs/{run_id}/stats?since_step={rows - 11}", n)
+        # the floor: a request through the same server, session dependency and SELECT 1
+        health = time_requests(clients, "/api/health", n)
+    finally:
+        for client in clients.values():
+            client.close()
+    out: dict[str, dict[str, object]] = {}
+    for label in bases:
+        body = stats[label][1].json()
+        if not body["downsampled"] or len(body["steps"]) > STATS_POINTS or body["last_step"] != rows - 1:
+            raise RuntimeError(f"{label}: unexpected stats answer: {len(body['steps'])} points")
+        if since[label][1].json()["steps"] != list(range(rows - 10, rows)):
+            raise RuntimeError(f"{label}: the since_step request did not return the last 10 steps")
+        out[label] = {
+            "stats_ms": stats[label][0],
+            "stats_bytes": len(stats[label][1].content),
+            "stats_points": len(body["steps"]),
+            "stats_columns": len(body["columns"]),
+            "bucket": body["bucket_size"],
+            "since_ms": since[label][0],
+            "since_bytes": len(since[label][1].content),
+            "health_ms": health[label][0],
+        }
+    return out
 
 
 def _verdict(value: float, key: str) -> str:
     return "met" if value < TARGETS_MS[key] else "MISSED"
 
 
-def report(args: argparse.Namespace, write_s: float, api: dict, pages: dict, load: tuple) -> list[str]:
+def _api_rows(label: str, api: dict, n: int) -> list[str]:
     s50, s95 = pct(api["stats_ms"], 50), pct(api["stats_ms"], 95)
     i50, i95 = pct(api["since_ms"], 50), pct(api["since_ms"], 95)
-    cold, warm = statistics.median(pages["cold_ms"]), statistics.median(pages["warm_ms"])
     return [
-        f"### Long run: {args.rows:,} batches on the dashboard ({machine_line()}; uvicorn + SQLite file, "
-        f"loopback; load average before/after {load[0]} / {load[1]})",
-        "",
-        f"Run written through DatabaseSink in {write_s:.1f} s ({args.rows / write_s:,.0f} rows/s, rollup blocks "
-        f"included).",
-        "",
-        "| measure | p50 | p95 | target | payload |",
-        "|---|---|---|---|---|",
-        f"| GET /stats?max_points={STATS_POINTS}, every column (= the run page's request), {args.requests} requests "
-        f"| {s50:.1f} ms | {s95:.1f} ms | < {TARGETS_MS['stats']:.0f} ms {_verdict(s95, 'stats')} "
-        f"| {api['stats_bytes'] / 1e3:,.0f} kB JSON: {api['stats_points']} points x {api['stats_columns']} columns "
-        f"+ class histograms, buckets of {api['bucket']} batches |",
-        f"| GET /stats?since_step=last-10 (a live client's increment), {args.requests} requests "
-        f"| {i50:.1f} ms | {i95:.1f} ms | < {TARGETS_MS['since']:.0f} ms {_verdict(i95, 'since')} "
+        f"| GET /stats?max_points={STATS_POINTS}, every column (= the run page's first request), {n} requests "
+        f"| {label} | {s50:.1f} ms | {s95:.1f} ms | < {TARGETS_MS['stats']:.0f} ms {_verdict(s95, 'stats')} "
+        f"| {api['stats_bytes'] / 1e3:,.0f} kB JSON: {api['stats_points']} points x {api['stats_columns']} "
+        f"columns + class histograms, buckets of {api['bucket']} batches |",
+        f"| GET /stats?since_step=last-10 (a live client's increment), {n} requests | {label} | {i50:.1f} ms "
+        f"| {i95:.1f} ms | < {TARGETS_MS['since']:.0f} ms {_verdict(i95, 'since')} "
         f"| {api['since_bytes'] / 1e3:.1f} kB |",
-        f"| run page interactive in Chromium, new browser context (nothing cached), {args.loads} loads "
-        f"| {cold:.0f} ms | max {max(pages['cold_ms']):.0f} ms | < {TARGETS_MS['page']:.0f} ms "
-        f"{_verdict(cold, 'page')} | |",
-        f"| the same page reloaded (Plotly cached), {args.loads} loads | {warm:.0f} ms "
-        f"| max {max(pages['warm_ms']):.0f} ms | < {TARGETS_MS['page']:.0f} ms {_verdict(warm, 'page')} | |",
+        f"| GET /api/health (floor: same server, session, SELECT 1), {n} requests | {label} "
+        f"| {pct(api['health_ms'], 50):.1f} ms | {pct(api['health_ms'], 95):.1f} ms | | |",
+    ]
+
+
+def _page_rows(label: str, page: dict, n: int) -> list[str]:
+    rows = []
+    for visit, times in page["visits_ms"].items():
+        what = "empty browser profile" if visit == VISITS[0] else "Plotly cached by the browser"
+        median = statistics.median(times)
+        rows.append(
+            f"| run page interactive in Chromium, {visit} ({what}), median of {n} | {label} | {median:.0f} ms "
+            f"| max {max(times):.0f} ms | < {TARGETS_MS['page']:.0f} ms {_verdict(median, 'page')} | |"
+        )
+    return rows
+
+
+def report(args: argparse.Namespace, write_s: float, api: dict, pages: dict, load: tuple) -> list[str]:
+    labels = list(api)
+    lines = [
+        f"### Long run: {args.rows:,} batches on the dashboard ({machine_line()}; uvicorn + SQLite file, "
+        f"loopback; load average 1 min before / after: {load[0]} / {load[1]})",
         "",
-        "Interactive: navigation start until every one of the eight charts shows its first data, i.e. the five "
-        "batch charts have drawn their lines, the class heatmap its image and both validation charts their "
-        "points (DOM checked every animation frame). Page-load breakdown (medians, cold): "
-        + ", ".join(f"{k} {v:.0f} ms" for k, v in pages["breakdown"].items())
-        + ".",
+        f"Run generated and written through DatabaseSink in {write_s:.1f} s ({args.rows / write_s:,.0f} rows/s, "
+        "chunk generation and rollup blocks included)."
+        if write_s == write_s
+        else "Run reused from an earlier write (--keep).",
+        "",
+        "| measure | server | p50 | p95 | target | payload |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label in labels:
+        lines += _api_rows(label, api[label], args.requests)
+    for label in labels:
+        lines += _page_rows(label, pages[label], args.loads)
+    lines += [
+        "",
+        "Interactive: navigation start until every one of the eight charts shows its first data: the five "
+        "batch charts have drawn their lines, the class heatmap its image and both validation charts theirs "
+        "(checked in the DOM every animation frame). A visit is a new page load in the same browser profile.",
+        "",
+        "Where the time goes (medians, ms since navigation start):",
+        "",
+        *(
+            f"- {label}, {visit}: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in pages[label]["breakdown"][visit].items())
+            + f"; interactive {statistics.median(pages[label]['visits_ms'][visit]):.0f}"
+            for label in labels
+            for visit in (VISITS[0], VISITS[-1])
+        ),
+        "",
         "Peers (ANCHORS, measured earlier on these machines): the MLflow UI is reported unusable around 100k "
         "points per metric (mlflow#773, #5779); reading back 5k points of one metric takes 43 ms from MLflow's "
-        "SQLite store and 985 ms from TensorBoard (it parses the event file). Here one request returns "
-        f"{api['stats_points']} points of each of {api['stats_columns']} metrics, spikes kept, from "
-        f"{args.rows:,} batches.",
+        "SQLite store and 985 ms from TensorBoard (it parses its event file). Here one request returns "
+        f"{api[labels[-1]]['stats_points']:,} points of each of {api[labels[-1]]['stats_columns']} measures, "
+        f"every bucket's min and max kept, out of {args.rows:,} batches.",
     ]
+    return lines
 
 
 def main() -> None:
@@ -206,8 +252,14 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50, help="rows per BatchChunk (flush_batches)")
     parser.add_argument("--evals", type=int, default=100, help="validation passes over the run")
     parser.add_argument("--requests", type=int, default=30)
-    parser.add_argument("--loads", type=int, default=5)
+    parser.add_argument("--loads", type=int, default=5, help="browser profiles, each visiting the page 3 times")
     parser.add_argument("--keep", type=Path, help="keep the database at this path (reused if it exists)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also serve this checkout (e.g. an earlier commit) on the same database, interleaved",
+    )
+    parser.add_argument("--before-label", default="before", help="what --before is, for the table")
     parser.add_argument("--quick", action="store_true", help="50,000 rows, 10 requests, 2 loads: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -220,10 +272,12 @@ def main() -> None:
             run_id, write_s = 1, float("nan")
         else:
             run_id, write_s = build_run(db, args.rows, args.chunk, args.evals)
-        print(f"run {run_id}: {args.rows:,} rows written in {write_s:.1f} s", flush=True)
-        with serve(db, tmp) as base:
-            api = measure_api(base, run_id, args.rows, args.requests)
-            pages = measure_page_loads(base, run_id, args.loads)
+        print(f"run {run_id}: {args.rows:,} rows, written in {write_s:.1f} s", flush=True)
+        trees = ({args.before_label: args.before.resolve()} if args.before else {}) | {"this tree": ROOT}
+        with ExitStack() as stack:
+            bases = {label: stack.enter_context(serve(db, tmp, tree)) for label, tree in trees.items()}
+            api = measure_api(bases, run_id, args.rows, args.requests)
+            pages = measure_page_loads(bases, run_id, args.loads)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = report(args, write_s, api, pages, (f"{load_before:.2f}", f"{os.getloadavg()[0]:.2f}"))

@@ -1,4 +1,4 @@
-// The run page's eight charts: built empty, then extended with each stats or eval increment.
+// The run page's eight charts: drawn once with the first data, then extended with each stats or eval increment.
 
 import {
   COLORS, PLOT_CONFIG, baseLayout, lineTrace, markerTrace, nonfiniteLines, reserveLegend, thresholdLine,
@@ -53,22 +53,48 @@ const EVAL_CHARTS = [
   },
 ];
 
-function statChart(spec, meta) {
+// Per trace of a stat chart, the x and y values of one stats answer (the clipped markers last).
+function statSeries(spec, stats) {
+  const steps = stats.steps;
+  const xs = spec.series.map(() => steps);
+  const ys = spec.series.map(([column]) => stats.columns[column] ?? steps.map(() => null));
+  if (spec.clipped) {
+    const clipped = stats.columns.clipped ?? [];
+    const grad = stats.columns.grad_norm ?? [];
+    const hits = steps.map((_, i) => i).filter((i) => clipped[i] >= 0.5);
+    xs.push(hits.map((i) => steps[i]));
+    ys.push(hits.map((i) => grad[i]));
+  }
+  return { xs, ys };
+}
+
+function evalSeries(spec, records) {
+  return {
+    xs: spec.series.map(() => records.map((r) => r.step)),
+    ys: spec.series.map(([metric]) => records.map((r) => r.metrics[metric] ?? null)),
+  };
+}
+
+function withData(traces, { xs, ys }) {
+  traces.forEach((trace, i) => Object.assign(trace, { x: xs[i], y: ys[i] }));
+}
+
+function statChart(spec, meta, stats) {
   const layout = baseLayout({ title: spec.title, yTitle: spec.yTitle, yRange: spec.yRange });
   for (const [y, label] of spec.thresholds?.(meta) ?? []) thresholdLine(layout, y, label);
   const traces = spec.series.map(([, name, color, dash]) => lineTrace(name, color, { dash }));
   if (spec.clipped) traces.push(markerTrace("clipped", COLORS.red));
+  if (stats?.steps.length) withData(traces, statSeries(spec, stats));
   reserveLegend(layout, traces.map((t) => t.name), document.getElementById(spec.id).clientWidth);
-  Plotly.newPlot(spec.id, traces, layout, PLOT_CONFIG);
-  return { spec, baseShapes: [...layout.shapes], columns: new Set(spec.series.map(([c]) => c)) };
+  return { spec, traces, layout, baseShapes: [...layout.shapes], columns: new Set(spec.series.map(([c]) => c)) };
 }
 
-function evalChart(spec) {
+function evalChart(spec, records) {
   const layout = baseLayout({ title: spec.title, yTitle: spec.yTitle, y2Title: spec.y2Title });
   const traces = spec.series.map(([, name, color, dash, yaxis]) => ({ ...lineTrace(name, color, { dash, yaxis }), mode: "lines+markers" }));
+  if (records.length) withData(traces, evalSeries(spec, records));
   reserveLegend(layout, traces.map((t) => t.name), document.getElementById(spec.id).clientWidth);
-  Plotly.newPlot(spec.id, traces, layout, PLOT_CONFIG);
-  return { spec, baseShapes: [], columns: new Set(spec.series.map(([m]) => `validation ${m}`)) };
+  return { spec, traces, layout, baseShapes: [], columns: new Set(spec.series.map(([m]) => `validation ${m}`)) };
 }
 
 function classHeatmap(numClasses) {
@@ -81,35 +107,56 @@ function classHeatmap(numClasses) {
     zmin: 0, zmax: 1, colorscale: "Viridis", colorbar: { title: { text: "share of batch", side: "right" }, thickness: 14 },
     hovertemplate: "step %{x}<br>class %{y}: %{z:.3f}<extra></extra>",
   };
-  Plotly.newPlot("chart-classes", [trace], layout, PLOT_CONFIG);
-  return { trace, layout, pending: false, revision: 0 };
+  return { trace, layout, pending: false, revision: 0, lastDraw: 0 };
 }
 
-export function createRunCharts(meta) {
-  const statCharts = STAT_CHARTS.map((spec) => statChart(spec, meta));
-  const evalCharts = EVAL_CHARTS.map(evalChart);
-  const heat = classHeatmap(meta.num_classes);
+// Builds the charts with the first data already in them (`first`: {stats, evals}, either may be
+// missing), so each is drawn once; `drawn` resolves when all of them are. Later increments extend them.
+export function createRunCharts(meta, first = {}) {
+  const stats = first.stats ?? null;
   const nonfinite = []; // {step, column, kind}
   const seenEvalSteps = new Set();
+  const freshEvals = (records) => {
+    const fresh = records.filter((r) => !seenEvalSteps.has(r.step)).sort((a, b) => a.step - b.step);
+    fresh.forEach((r) => seenEvalSteps.add(r.step));
+    return fresh;
+  };
+  const firstEvals = freshEvals(first.evals ?? []);
+  const statCharts = STAT_CHARTS.map((spec) => statChart(spec, meta, stats));
+  const evalCharts = EVAL_CHARTS.map((spec) => evalChart(spec, firstEvals));
+  const heat = classHeatmap(meta.num_classes);
+  if (stats) addHeatmapRows(stats);
 
+  function addHeatmapRows(s) {
+    heat.trace.x.push(...s.steps);
+    for (const row of s.class_hist ?? []) row.forEach((share, c) => heat.trace.z[c]?.push(share));
+  }
+
+  // the heatmap is redrawn whole, so increments redraw it at most twice a second
   function redrawHeatmap() {
     if (heat.pending) return;
     heat.pending = true;
     setTimeout(() => {
       heat.pending = false;
+      heat.lastDraw = performance.now();
       heat.layout.datarevision = ++heat.revision; // the arrays grow in place, so tell react they changed
       Plotly.react("chart-classes", [heat.trace], heat.layout, PLOT_CONFIG);
-    }, 500);
+    }, Math.max(0, heat.lastDraw + 500 - performance.now()));
   }
 
-  // fresh: [{step, column, kind}]; validation metrics are named "validation <metric>"
-  function flagNonfinite(fresh) {
-    if (!fresh.length) return;
-    nonfinite.push(...fresh);
-    for (const chart of [...statCharts, ...evalCharts]) {
-      const steps = nonfinite.filter((n) => chart.columns.has(n.column)).slice(0, 200).map((n) => n.step);
-      if (steps.length) Plotly.relayout(chart.spec.id, { shapes: [...chart.baseShapes, ...nonfiniteLines(steps)] });
-    }
+  const statNonfinite = (s) => Object.entries(s.nonfinite ?? {}).flatMap(([column, entries]) =>
+    entries.map(([index, kind]) => ({ step: s.steps[index], column, kind })));
+  const evalNonfinite = (records) => records.flatMap((r) =>
+    Object.entries(r.nonfinite ?? {}).map(([metric, kind]) => ({ step: r.step, column: `validation ${metric}`, kind })));
+
+  // the chart's own shapes plus a red line at each non-finite step of its columns (the first 200)
+  function shapesOf(chart) {
+    const steps = nonfinite.filter((n) => chart.columns.has(n.column)).slice(0, 200).map((n) => n.step);
+    return steps.length ? [...chart.baseShapes, ...nonfiniteLines(steps)] : null;
+  }
+
+  function showNonfinite() {
+    if (!nonfinite.length) return;
     const byColumn = new Map();
     for (const n of nonfinite) {
       const entry = byColumn.get(n.column) ?? { first: n.step, count: 0, kinds: new Set() };
@@ -126,40 +173,60 @@ export function createRunCharts(meta) {
     box.hidden = false;
   }
 
-  function addStats(stats) {
-    const steps = stats.steps;
-    if (!steps.length) return;
+  // fresh: [{step, column, kind}]; validation metrics are named "validation <metric>"
+  function flagNonfinite(fresh) {
+    if (!fresh.length) return;
+    nonfinite.push(...fresh);
+    for (const chart of [...statCharts, ...evalCharts]) {
+      const shapes = shapesOf(chart);
+      if (shapes) Plotly.relayout(chart.spec.id, { shapes });
+    }
+    showNonfinite();
+  }
+
+  // Increments can arrive faster than a busy tab draws (each extension redraws a whole chart): those
+  // that piled up are drawn together at the next animation frame, so the charts fall at most one
+  // draw behind instead of queueing draw after draw.
+  let pendingStats = [];
+  function addStats(s) {
+    if (!s.steps.length) return;
+    if (!pendingStats.length) requestAnimationFrame(drawPendingStats);
+    pendingStats.push(s);
+  }
+
+  function drawPendingStats() {
+    const increments = pendingStats;
+    pendingStats = [];
     for (const { spec } of statCharts) {
-      const xs = spec.series.map(() => steps);
-      const ys = spec.series.map(([column]) => stats.columns[column] ?? steps.map(() => null));
-      if (spec.clipped) {
-        const clipped = stats.columns.clipped ?? [];
-        const grad = stats.columns.grad_norm ?? [];
-        const hits = steps.map((_, i) => i).filter((i) => clipped[i] >= 0.5);
-        xs.push(hits.map((i) => steps[i]));
-        ys.push(hits.map((i) => grad[i]));
-      }
+      const parts = increments.map((s) => statSeries(spec, s));
+      const xs = parts[0].xs.map((_, i) => parts.flatMap((p) => p.xs[i]));
+      const ys = parts[0].ys.map((_, i) => parts.flatMap((p) => p.ys[i]));
       Plotly.extendTraces(spec.id, { x: xs, y: ys }, xs.map((_, i) => i));
     }
-    heat.trace.x.push(...steps);
-    for (const row of stats.class_hist ?? []) row.forEach((share, c) => heat.trace.z[c]?.push(share));
+    increments.forEach(addHeatmapRows);
     redrawHeatmap();
-    flagNonfinite(Object.entries(stats.nonfinite ?? {}).flatMap(([column, entries]) =>
-      entries.map(([index, kind]) => ({ step: steps[index], column, kind }))));
+    flagNonfinite(increments.flatMap(statNonfinite));
   }
 
   function addEvals(records) {
-    const fresh = records.filter((r) => !seenEvalSteps.has(r.step)).sort((a, b) => a.step - b.step);
+    const fresh = freshEvals(records);
     if (!fresh.length) return;
-    fresh.forEach((r) => seenEvalSteps.add(r.step));
     for (const { spec } of evalCharts) {
-      const xs = spec.series.map(() => fresh.map((r) => r.step));
-      const ys = spec.series.map(([metric]) => fresh.map((r) => r.metrics[metric] ?? null));
+      const { xs, ys } = evalSeries(spec, fresh);
       Plotly.extendTraces(spec.id, { x: xs, y: ys }, xs.map((_, i) => i));
     }
-    flagNonfinite(fresh.flatMap((r) =>
-      Object.entries(r.nonfinite ?? {}).map(([metric, kind]) => ({ step: r.step, column: `validation ${metric}`, kind }))));
+    flagNonfinite(evalNonfinite(fresh));
   }
 
-  return { addStats, addEvals };
+  // the first draw: data and non-finite markers in place, one newPlot per chart
+  nonfinite.push(...(stats ? statNonfinite(stats) : []), ...evalNonfinite(firstEvals));
+  const drawn = [...statCharts, ...evalCharts].map((chart) => {
+    chart.layout.shapes = shapesOf(chart) ?? chart.layout.shapes;
+    return Plotly.newPlot(chart.spec.id, chart.traces, chart.layout, PLOT_CONFIG);
+  });
+  drawn.push(Plotly.newPlot("chart-classes", [heat.trace], heat.layout, PLOT_CONFIG));
+  heat.lastDraw = performance.now();
+  showNonfinite();
+
+  return { addStats, addEvals, drawn: Promise.all(drawn) };
 }

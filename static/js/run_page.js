@@ -34,11 +34,32 @@ async function onStatus(status) {
   }
 }
 
+// This module runs as soon as it has loaded (async), while the browser may still be compiling the
+// deferred plotly.min.js: the first data is requested meanwhile, the charts drawn once both are in.
+function plotlyLoaded() {
+  if (window.Plotly) return Promise.resolve();
+  const tag = document.getElementById("plotly-js");
+  return new Promise((resolve, reject) => {
+    tag.addEventListener("load", resolve, { once: true });
+    tag.addEventListener("error", () => reject(new Error("plotly.min.js did not load")), { once: true });
+  });
+}
+
 async function start() {
-  const charts = createRunCharts(meta);
-  const [stats, evals] = await Promise.all([getJSON(meta.stats_url), getJSON(meta.evals_url)]);
-  charts.addStats(stats);
-  charts.addEvals(evals);
+  const first = Promise.all([getJSON(meta.stats_url), getJSON(meta.evals_url)]);
+  first.catch(() => {}); // reported below, once the (empty) charts are there
+  await plotlyLoaded();
+  let stats, evals;
+  try {
+    [stats, evals] = await first;
+  } catch (err) {
+    createRunCharts(meta);
+    throw err;
+  }
+  const charts = createRunCharts(meta, { stats, evals });
+  charts.drawn.then(() => {
+    document.body.dataset.chartsReady = "1"; // every chart shows its first data (tests and benchmarks wait for it)
+  });
   if (stats.downsampled) {
     const note = document.getElementById("downsample-note");
     note.textContent = `History shown in buckets of ${stats.bucket_size} batches.`;

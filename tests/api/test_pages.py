@@ -172,6 +172,17 @@ def test_run_page_has_header_charts_config_and_no_inline_script(client: TestClie
         assert "src" in script.attrs or script.attrs.get("type") == "application/json", "JavaScript in a template"
 
 
+def test_run_page_preloads_exactly_the_first_data_its_script_requests(client: TestClient) -> None:
+    run = make_run(client)
+    doc = page(client, f"/runs/{run['id']}")
+    meta = json_block(doc, "chart-meta")
+    # static/js/run_page.js fetches these two URLs first; any other preload would be a second request
+    preloads = {link.attrs["href"] for link in doc.find_all("link", rel="preload")}
+    assert preloads == {meta["stats_url"], meta["evals_url"]}
+    modules = [link.attrs["href"] for link in doc.find_all("link", rel="modulepreload")]
+    assert modules and all(client.get(url).status_code == 200 for url in modules)
+
+
 def test_child_run_page_lists_what_changed_from_its_parent(client: TestClient) -> None:
     parent = make_run(client, name="base", preset="collapse-prone")
     child = make_run(client, preset="collapse-prone", parent_id=parent["id"], config={"label_smoothing": 0.123})

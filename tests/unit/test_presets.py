@@ -11,7 +11,6 @@ SEEDS = range(5)
 def _warned(preset: str, seed: int) -> list[str]:
     result = train(from_dict({"seed": seed, "device": "cpu", "data": {"seed": seed}}, base=preset))
     assert result.status == "completed", result.error
-    assert result.duration_s < 30
     return [w.kind for w in result.warnings]
 
 
