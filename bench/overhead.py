@@ -155,13 +155,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sink", choices=("database", "null"), default="database")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run, not recorded")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = 30, 1
     device = torch.device(args.device)
     names = args.shapes or (list(SHAPES) if device.type == "cuda" else ["dashboard", "mlp_small"])
     tmp = Path(tempfile.mkdtemp(prefix="cw-bench-"))
     factory = _database_sink_factory(tmp) if args.sink == "database" else NullSink
     lines = [
-        f"### Monitoring overhead ({machine_line(device)}; {args.steps} steps x {args.rounds} rounds, medians)",
+        f"### Monitoring overhead ({machine_line(device)}; {args.steps} steps x {args.rounds} rounds, medians; "
+        f"collapsewatch's sink: {'DatabaseSink into a SQLite file' if args.sink == 'database' else 'none (NullSink)'})",
         "",
         "| shape | no stats (ms/step) | collapsewatch | TensorBoard way | collapsewatch overhead "
         "| TensorBoard overhead |",
@@ -175,7 +179,8 @@ def main() -> None:
             f"| {100 * (t['collapsewatch'] / base - 1):+.1f}% | {100 * (t['tensorboard'] / base - 1):+.1f}% |"
         )
         print(lines[-1], flush=True)
-    append_results(lines)
+    if not args.quick:
+        append_results(lines)
 
 
 if __name__ == "__main__":
