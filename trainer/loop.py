@@ -92,8 +92,8 @@ def record_step(
     """Hand one step's tensors to the recorder: device ops only, the statistics come per chunk."""
     with torch.no_grad():
         head_norm = torch.linalg.vector_norm(model.head.weight)
-        values = torch.stack([parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, head_norm])
-        recorder.record(logits, t, values, step, epoch, lr)
+    values = [parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, head_norm]
+    recorder.record(logits, t, values, step, epoch, lr)
 
 
 class _Run:

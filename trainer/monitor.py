@@ -1,9 +1,9 @@
 """Per-batch statistics at the cost of a few copies per batch.
 
-Each step copies what the loss already holds (raw logits, targets, the loss terms, grad norm, head
-weight norm) into a device buffer: four small ops. Every statistic is then computed for a whole
+Each step hands over what the loss already holds (raw logits, targets, the loss terms, grad norm,
+head weight norm) by reference: no copy, no kernel. Every statistic is then computed for a whole
 chunk of batches at once, vectorised over the batch axis, and read back asynchronously on CUDA,
-so no batch forces a host sync and the per-batch kernel count stays small.
+so no batch forces a host sync and the per-batch kernel count stays at one (the head norm).
 """
 
 from __future__ import annotations
@@ -89,22 +89,14 @@ class _Pending:
     seconds: float
 
 
-class _Buffers:
-    """Device storage for up to `capacity` batches of one batch size."""
-
-    def __init__(self, capacity: int, batch: int, classes: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.logits = torch.empty((capacity, batch, classes), device=device, dtype=dtype)
-        self.targets = torch.empty((capacity, batch, classes), device=device, dtype=dtype)
-        self.step_values = torch.empty((capacity, len(STEP_COLUMNS)), device=device, dtype=torch.float32)
-
-
 class StatsRecorder:
     """Collects per-batch tensors on the device and hands back `BatchChunk`s of statistics.
 
-    `record()` only copies. `flush()` computes the chunk's statistics and starts one copy to pinned
-    host memory; `ready()` returns the chunks whose copy has landed, asking the device without
-    waiting (`Event.query`). Writes after a flush are ordered after its reads on the same stream,
-    so buffers are reused at once. A batch of another size (the last of an epoch) flushes first.
+    `record()` only keeps references to tensors the step created anyway (no copy, no kernel).
+    `flush()` stacks them, computes the chunk's statistics and starts one copy to pinned host
+    memory; `ready()` returns the chunks whose copy has landed, asking the device without waiting
+    (`Event.query`). A batch of another size (the last of an epoch) flushes first, so a chunk
+    always stacks into (n, B, C).
     """
 
     def __init__(
@@ -119,8 +111,9 @@ class StatsRecorder:
     ) -> None:
         self.num_classes, self.device, self.capacity = num_classes, device, capacity
         self._params = {"temperature": temperature, "label_smoothing": label_smoothing, "max_grad_norm": max_grad_norm}
-        self._buffers: dict[int, _Buffers] = {}
-        self._cur: _Buffers | None = None
+        self._logits: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
         self._batch = 0
         self._n = 0
         self._steps: list[int] = []
@@ -137,22 +130,19 @@ class StatsRecorder:
         self,
         logits: torch.Tensor,
         targets: torch.Tensor,
-        step_values: torch.Tensor,
+        step_values: list[torch.Tensor],
         step: int,
         epoch: int,
         lr: float,
     ) -> None:
-        """logits, targets (B, C); step_values (len(STEP_COLUMNS),) on the device."""
+        """logits, targets (B, C) and the 0-d tensors of STEP_COLUMNS, all fresh tensors of this step."""
         batch = logits.shape[0]
         if batch != self._batch:
             self.flush()
-            if batch not in self._buffers:
-                self._buffers[batch] = _Buffers(self.capacity, batch, self.num_classes, self.device, logits.dtype)
-            self._cur, self._batch = self._buffers[batch], batch
-        buf, i = self._cur, self._n
-        buf.logits[i].copy_(logits.detach())
-        buf.targets[i].copy_(targets)
-        buf.step_values[i].copy_(step_values)
+            self._batch = batch
+        self._logits.append(logits.detach())
+        self._targets.append(targets)
+        self._values.extend(v.detach() for v in step_values)
         self._n += 1
         self._steps.append(step)
         self._epochs.append(epoch)
@@ -162,11 +152,14 @@ class StatsRecorder:
         if self._n == 0:
             return
         now = time.perf_counter()
-        n, buf = self._n, self._cur
+        n = self._n
         with torch.no_grad():
-            stats, hist = chunk_stats(buf.logits[:n], buf.targets[:n], buf.step_values[:n], **self._params)
+            logits, targets = torch.stack(self._logits), torch.stack(self._targets)  # (n, B, C)
+            values = torch.stack(self._values).view(n, len(STEP_COLUMNS)).float()
+            stats, hist = chunk_stats(logits, targets, values, **self._params)
             device_cols = [c for c in BATCH_COLUMNS if c not in HOST_COLUMNS]
             rows = torch.cat([torch.stack([stats[c] for c in device_cols], dim=1), hist], dim=1)  # (n, K + C)
+        self._logits, self._targets, self._values = [], [], []
         event = None
         if self.device.type == "cuda":
             host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
