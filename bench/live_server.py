@@ -74,9 +74,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 @contextmanager
-def serve(db: Path, log: Path, workers: int) -> Iterator[Server]:
-    """`python -m app serve` on `db` with `workers` worker processes. Its output (stdout and stderr)
-    goes to `log`; it is stopped with SIGINT (workers end their runs) at exit."""
+def serve(db: Path, log: Path, workers: int, tree: Path = ROOT) -> Iterator[Server]:
+    """`python -m app serve` of the checkout `tree` on `db` with `workers` worker processes. Its output
+    (stdout and stderr) goes to `log`; it is stopped with SIGINT (workers end their runs) at exit."""
     port = free_port()
     command = [
         *SERVER_COMMAND, "serve", "--port", str(port), "--database-url", f"sqlite:///{db}",
@@ -84,7 +84,7 @@ def serve(db: Path, log: Path, workers: int) -> Iterator[Server]:
     ]  # fmt: skip
     with log.open("w") as out:
         # its own process group, so the worker processes it starts go with it
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, cwd=tree, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_healthy(base, proc)

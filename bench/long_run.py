@@ -10,16 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -31,6 +25,7 @@ from app.models import Run
 from app.sink import DatabaseSink
 from bench.chunks import iter_chunks
 from bench.common import append_results, machine_line
+from bench.live_server import serve
 from bench.page_load import VISITS, measure_page_loads
 from trainer import EVAL_METRICS, Advice, CollapseWarning, EvalRecord, TrainResult, preset
 
@@ -78,43 +73,6 @@ def build_run(db: Path, rows: int, chunk: int, evals: int) -> tuple[int, float]:
     if sink.error is not None:
         raise RuntimeError(f"writing the run failed: {sink.error!r}")
     return run_id, seconds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(db: Path, tmp: Path, tree: Path = ROOT) -> Iterator[str]:
-    """`collapsewatch serve` of the checkout `tree`, without workers, on a free loopback port."""
-    port = _free_port()
-    log_path = tmp / f"server-{port}.log"
-    log = log_path.open("w")
-    command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--database-url", f"sqlite:///{db}",
-               "--workers", "0", "--data-dir", str(tmp / "data")]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=tree, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/api/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def time_requests(clients: dict[str, httpx.Client], url: str, n: int) -> dict[str, tuple[list[float], httpx.Response]]:
@@ -275,7 +233,10 @@ def main() -> None:
         print(f"run {run_id}: {args.rows:,} rows, written in {write_s:.1f} s", flush=True)
         trees = ({args.before_label: args.before.resolve()} if args.before else {}) | {"this tree": ROOT}
         with ExitStack() as stack:
-            bases = {label: stack.enter_context(serve(db, tmp, tree)) for label, tree in trees.items()}
+            bases = {
+                label: stack.enter_context(serve(db, tmp / f"server-{label}.log", workers=0, tree=tree)).base
+                for label, tree in trees.items()
+            }
             api = measure_api(bases, run_id, args.rows, args.requests)
             pages = measure_page_loads(bases, run_id, args.loads)
     finally:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.advice import advise
 from trainer.config import TrainConfig, from_dict
 from trainer.data import SoftLabelData, load_data
 from trainer.detector import CollapseDetector
@@ -145,10 +144,8 @@ class _Run:
             self._warn(self.detector.observe_batches(chunk))
             loss = chunk.column("loss")
             bad = np.flatnonzero(~np.isfinite(loss))
-            if bad.size and self.diverged_at is None:
+            if bad.size and self.diverged_at is None:  # the detector has raised nonfinite_loss for it
                 self.diverged_at = int(chunk.steps[bad[0]])
-                if not any(w.kind == "nonfinite_loss" for w in self.warnings):
-                    self._warn([_nonfinite_warning(self.diverged_at, float(loss[bad[0]]), self.cfg)])
 
     def _warn(self, new: list[CollapseWarning]) -> None:
         for w in new:
@@ -172,18 +169,6 @@ class _Run:
         self.last_eval = record
         self.sink.on_eval(record)
         self._warn(self.detector.observe_eval(record))
-
-
-def _nonfinite_warning(step: int, value: float, cfg: TrainConfig) -> CollapseWarning:
-    """Raised by the loop itself when the detector has not already reported the non-finite loss."""
-    return CollapseWarning(
-        kind="nonfinite_loss",
-        severity="critical",
-        step=step,
-        message=f"The loss became {value} at step {step}; the run stopped as diverged.",
-        evidence={"loss": value},
-        advice=advise("nonfinite_loss", cfg),
-    )
 
 
 def train(
