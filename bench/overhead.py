@@ -21,7 +21,7 @@ from bench.models import SHAPES, Shape
 from trainer import NullSink, TrainResult, preset
 from trainer.loop import make_optimizer, optimization_step, record_step
 from trainer.losses import balanced_class_weights
-from trainer.monitor import StatsRecorder, chunk_stats
+from trainer.monitor import StatsRecorder, stats_from_logits
 
 VARIANTS = ("none", "collapsewatch", "tensorboard")
 
@@ -59,7 +59,6 @@ class Bench:
             8,
             self.device,
             50,
-            temperature=self.cfg.temperature,
             label_smoothing=self.cfg.label_smoothing,
             max_grad_norm=self.cfg.max_grad_norm,
         )
@@ -70,7 +69,7 @@ class Bench:
         for s in range(steps):
             i, logits, parts, grad_norm = self._opt()
             if variant == "collapsewatch":
-                record_step(recorder, self.model, logits, self.t[i], parts, grad_norm, s, 0, self.cfg.lr)
+                record_step(recorder, logits, parts, grad_norm, s, 0, self.cfg.lr)
                 if recorder.full:
                     recorder.flush()
                 for chunk in recorder.ready():
@@ -100,7 +99,7 @@ def _log_like_tensorboard(writer, model, logits, t, parts, grad_norm, cfg, step)
     with torch.no_grad():
         head_norm = torch.linalg.vector_norm(model.head.weight)
         values = torch.stack([parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, head_norm])
-        stats, hist = chunk_stats(
+        stats, hist = stats_from_logits(
             logits.detach()[None],
             t[None],
             values[None],

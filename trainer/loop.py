@@ -79,20 +79,15 @@ def optimization_step(
 
 def record_step(
     recorder: StatsRecorder,
-    model: torch.nn.Module,
     logits: torch.Tensor,
-    t: torch.Tensor,
     parts: LossParts,
     grad_norm: torch.Tensor,
     step: int,
     epoch: int,
     lr: float,
 ) -> None:
-    """Hand one step's tensors to the recorder: device ops only, the statistics come per chunk."""
-    with torch.no_grad():
-        head_norm = torch.linalg.vector_norm(model.head.weight)
-    values = [parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, head_norm]
-    recorder.record(logits, t, values, step, epoch, lr)
+    """Hand one step's tensors to the recorder: references only, the statistics come per chunk."""
+    recorder.record(logits, parts, grad_norm, step, epoch, lr)
 
 
 class _Run:
@@ -115,7 +110,6 @@ class _Run:
             c,
             device,
             capacity=cfg.flush_batches,
-            temperature=cfg.temperature,
             label_smoothing=cfg.label_smoothing,
             max_grad_norm=cfg.max_grad_norm,
         )
@@ -134,7 +128,7 @@ class _Run:
             group["lr"] = lr
         logits, parts, grad_norm = optimization_step(self.model, self.optimizer, x, t, cfg, self.class_weights)
         if self.step % cfg.stats_interval == 0:
-            record_step(self.recorder, self.model, logits, t, parts, grad_norm, self.step, epoch, lr)
+            record_step(self.recorder, logits, parts, grad_norm, self.step, epoch, lr)
         self.step += 1
 
     def deliver(self, chunks: list[BatchChunk]) -> None:

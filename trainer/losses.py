@@ -77,6 +77,7 @@ class LossParts:
     entropy: torch.Tensor  # (B,) prediction entropy, nats
     targets: torch.Tensor  # (B, C) smoothed targets
     target_entropy: torch.Tensor  # (B,) of the smoothed targets
+    head_sq_norm: torch.Tensor  # ||W_head||^2 as the loss saw it (before this step's update)
 
     def terms(self) -> dict[str, torch.Tensor]:
         return {
@@ -105,13 +106,14 @@ def objective(
     t = smooth_targets(targets, label_smoothing)
     log_probs = F.log_softmax(logits / temperature, dim=-1)
     probs = log_probs.exp()
-    h = entropy(log_probs)
+    h = -(probs * log_probs).sum(dim=-1)  # `entropy(log_probs)` without a second exp
     h_t = target_entropy(t)
     ce = soft_cross_entropy(log_probs, t, class_weights)
     h_min = torch.clamp(h_t, max=min_entropy) if cap_entropy_at_target else min_entropy
     ent = entropy_weight * entropy_penalty(h, h_min, entropy_penalty_kind)
-    l2 = final_layer_weight_decay * head_weight.square().sum()
-    return LossParts(ce + ent + l2, ce, ent, l2, log_probs, probs, h, t, h_t)
+    head_sq = head_weight.square().sum()  # computed even without the L2 term: the statistics read it
+    l2 = final_layer_weight_decay * head_sq
+    return LossParts(ce + ent + l2, ce, ent, l2, log_probs, probs, h, t, h_t, head_sq)
 
 
 def objective_from_config(

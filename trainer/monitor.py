@@ -1,9 +1,10 @@
-"""Per-batch statistics at the cost of a few copies per batch.
+"""Per-batch statistics for the price of a few list appends per batch.
 
-Each step hands over what the loss already holds (raw logits, targets, the loss terms, grad norm,
-head weight norm) by reference: no copy, no kernel. Every statistic is then computed for a whole
-chunk of batches at once, vectorised over the batch axis, and read back asynchronously on CUDA,
-so no batch forces a host sync and the per-batch kernel count stays at one (the head norm).
+Each step hands over, by reference, what the loss already computed: raw logits, probabilities,
+per-sample entropies, smoothed targets and their entropies, the loss terms, grad norm and the
+head's squared norm. No copy and no kernel per batch. Every statistic is then computed for a
+whole chunk of batches at once, in a couple of dozen vectorised ops, and read back
+asynchronously on CUDA, so no batch forces a host sync.
 """
 
 from __future__ import annotations
@@ -17,15 +18,135 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.losses import LossParts
 from trainer.records import BATCH_COLUMNS, BatchChunk
 
 ONE_HOT_THRESHOLD = 0.99
 # Written by the step itself, in this order; everything else is derived per chunk.
 STEP_COLUMNS = ("loss", "loss_ce", "loss_entropy", "loss_final_l2", "grad_norm", "head_weight_norm")
 HOST_COLUMNS = ("lr", "samples_per_s")
+# The order of chunk_stats' output columns (the class histogram follows them).
+_PER_SAMPLE_MEANS = (
+    "entropy_mean",
+    "maxprob_mean",
+    "logit_margin",
+    "target_entropy_mean",
+    "onehot_frac",
+    "target_onehot_frac",
+)
+DEVICE_COLUMNS = (
+    *STEP_COLUMNS,
+    *_PER_SAMPLE_MEANS,
+    "logit_max",
+    "logit_min",
+    "logit_range",
+    "logit_mean",
+    "logit_std",
+    "entropy_min",
+    "entropy_p10",
+    "hist_top_share",
+    "hist_eff_classes",
+    "output_diversity",
+    "target_diversity",
+    "clipped",
+)
+if set(DEVICE_COLUMNS) | set(HOST_COLUMNS) != set(BATCH_COLUMNS) or len(DEVICE_COLUMNS) + 2 != len(BATCH_COLUMNS):
+    raise RuntimeError("monitor.DEVICE_COLUMNS and HOST_COLUMNS must partition records.BATCH_COLUMNS")
 
 
 def chunk_stats(
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    entropy: torch.Tensor,
+    targets: torch.Tensor,
+    target_entropy: torch.Tensor,
+    step_values: torch.Tensor,
+    *,
+    max_grad_norm: float | None,
+    target_onehot_threshold: float = ONE_HOT_THRESHOLD,
+) -> torch.Tensor:
+    """Statistics of n batches of B samples and C classes, in DEVICE_COLUMNS order, then the class
+    histogram: an (n, len(DEVICE_COLUMNS) + C) tensor in the dtype of `probs`.
+
+    logits (n, B, C) raw; probs (n, B, C) = softmax(logits / T); entropy (n, B) of probs; targets
+    (n, B, C) as the loss saw them (smoothed) and their entropies (n, B); step_values (n, 6): the
+    loss terms, grad norm and ||W_head||^2 (STEP_COLUMNS with the head norm squared).
+    `target_onehot_threshold` applies to the smoothed targets (see `smoothed_threshold`).
+    """
+    n, b, c = logits.shape
+    dtype = probs.dtype
+    # CPU kernels that reduce over a middle axis or return indices (max, std, mean over B) cost
+    # 10-50x more than last-axis sums here, so reductions run over the last axis and spreads are
+    # computed in two passes from sums.
+    if c > 1:
+        top2, top_idx = logits.topk(2, dim=-1)
+        margin, pred = top2[..., 0] - top2[..., 1], top_idx[..., 0]  # argmax of logits = of probs
+    else:
+        margin = torch.zeros_like(entropy)
+        pred = torch.zeros_like(entropy, dtype=torch.long)
+    maxprob = probs.amax(-1)  # (n, B)
+    # histogram by scatter_add: bincount / one_hot read the max back to the host on CUDA
+    hist = torch.zeros(n, c, dtype=dtype, device=probs.device)
+    hist.scatter_add_(1, pred, hist.new_full((), 1.0 / b).expand(n, b))
+    per_sample = (
+        torch.stack(  # one reduction for every per-sample mean (stack promotes the flags)
+            [
+                entropy,
+                maxprob,
+                margin.to(dtype),
+                target_entropy,
+                maxprob > ONE_HOT_THRESHOLD,
+                targets.amax(-1) > target_onehot_threshold,
+            ],
+            dim=1,
+        ).sum(-1)
+        / b
+    )  # (n, 6) in _PER_SAMPLE_MEANS order
+    flat = logits.reshape(n, -1)
+    zmin, zmax = torch.aminmax(flat, dim=1)
+    zmean, zstd = _mean_std(flat)
+    # output and target diversity: per class, the spread over the batch, averaged over classes
+    both = torch.cat([probs, targets], dim=-1).transpose(1, 2)  # (n, 2C, B)
+    diversity = _mean_std(both)[1].view(n, 2, c).mean(-1)  # (n, 2)
+    grad_norm = step_values[:, 4]
+    clipped = grad_norm > max_grad_norm if max_grad_norm is not None else torch.zeros_like(grad_norm, dtype=torch.bool)
+    columns = [
+        step_values[:, :5],
+        step_values[:, 5:].sqrt(),  # head_weight_norm
+        per_sample,
+        torch.stack([zmax, zmin, zmax - zmin, zmean, zstd], dim=1).to(dtype),
+        entropy.amin(1, keepdim=True),
+        entropy.kthvalue(max(1, math.ceil(0.1 * b)), dim=1, keepdim=True).values,
+        hist.amax(1, keepdim=True),
+        torch.special.entr(hist).sum(1, keepdim=True).exp(),  # effective number of predicted classes
+        diversity,
+        clipped[:, None],
+        hist,
+    ]
+    return torch.cat([col.to(dtype) for col in columns], dim=1)
+
+
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std over the last axis, two-pass (exact where E[x^2] - E[x]^2 is not)."""
+    k = x.shape[-1]
+    mean = x.sum(-1, keepdim=True) / k
+    dev = x - mean
+    return mean.squeeze(-1), ((dev * dev).sum(-1) / k).sqrt()
+
+
+def smoothed_threshold(label_smoothing: float, num_classes: int) -> float:
+    """The one-hot threshold on raw targets, carried over to smoothed ones: smoothing is monotone,
+    so raw max > 0.99 exactly when smoothed max > 0.99 (1 - eps) + eps / C."""
+    return ONE_HOT_THRESHOLD * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+def split_stats(rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """chunk_stats' output as ({column: (n,)}, class histogram (n, C))."""
+    k = len(DEVICE_COLUMNS)
+    return {name: rows[:, j] for j, name in enumerate(DEVICE_COLUMNS)}, rows[:, k:]
+
+
+def stats_from_logits(
     logits: torch.Tensor,
     raw_targets: torch.Tensor,
     step_values: torch.Tensor,
@@ -34,48 +155,25 @@ def chunk_stats(
     label_smoothing: float,
     max_grad_norm: float | None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Statistics of n batches: logits and targets (n, B, C), step_values (n, len(STEP_COLUMNS)).
-
-    Returns ({column: (n,)}, predicted-class histogram (n, C)). Temperature and smoothing are
-    applied exactly as in the loss (trainer/losses.py), so the entropy is the one the penalty saw.
-    """
-    n, b, c = logits.shape
-    z = logits.double()
-    t = raw_targets.double()
-    if label_smoothing:
-        t = t * (1.0 - label_smoothing) + label_smoothing / c
-    log_p = F.log_softmax(z / temperature, dim=-1)
+    """chunk_stats from logits and raw targets alone (n, B, C), computing what the loss would have
+    held; step_values (n, 6) as STEP_COLUMNS with the head norm itself. For tests and one-off use."""
+    c = logits.shape[-1]
+    log_p = F.log_softmax(logits / temperature, dim=-1)
     p = log_p.exp()
-    h = -(p * log_p).sum(-1)  # (n, B)
-    maxprob, pred = p.max(-1)  # (n, B)
-    # histogram by scatter_add: bincount / one_hot read the max back to the host on CUDA
-    hist = torch.zeros(n, c, dtype=z.dtype, device=z.device).scatter_add_(1, pred, torch.ones_like(maxprob)) / b
-    top2 = z.topk(2, dim=-1).values if c > 1 else torch.cat([z, z], dim=-1)
-    flat = z.reshape(n, -1)
-    zmax, zmin = flat.max(1).values, flat.min(1).values
-    grad_norm = step_values[:, STEP_COLUMNS.index("grad_norm")].double()
-    stats = {name: step_values[:, j].double() for j, name in enumerate(STEP_COLUMNS)}
-    stats |= {
-        "logit_max": zmax,
-        "logit_min": zmin,
-        "logit_range": zmax - zmin,
-        "logit_mean": flat.mean(1),
-        "logit_std": flat.std(1, correction=0),
-        "logit_margin": (top2[..., 0] - top2[..., 1]).mean(1),
-        "entropy_mean": h.mean(1),
-        "entropy_min": h.min(1).values,
-        "entropy_p10": h.kthvalue(max(1, math.ceil(0.1 * b)), dim=1).values,
-        "target_entropy_mean": -torch.special.xlogy(t, t).sum(-1).mean(1),
-        "maxprob_mean": maxprob.mean(1),
-        "onehot_frac": (maxprob > ONE_HOT_THRESHOLD).double().mean(1),
-        "target_onehot_frac": (raw_targets.amax(-1) > ONE_HOT_THRESHOLD).double().mean(1),
-        "hist_top_share": hist.max(1).values,
-        "hist_eff_classes": torch.exp(-torch.special.xlogy(hist, hist).sum(1)),
-        "output_diversity": p.std(1, correction=0).mean(-1),
-        "target_diversity": t.std(1, correction=0).mean(-1),
-        "clipped": (grad_norm > max_grad_norm).double() if max_grad_norm is not None else torch.zeros_like(zmax),
-    }
-    return stats, hist
+    t = raw_targets * (1.0 - label_smoothing) + label_smoothing / c if label_smoothing else raw_targets
+    values = step_values.to(p.dtype).clone()
+    values[:, 5] = values[:, 5].square()
+    rows = chunk_stats(
+        logits,
+        p,
+        -(p * log_p).sum(-1),
+        t,
+        -torch.special.xlogy(t, t).sum(-1),
+        values,
+        max_grad_norm=max_grad_norm,
+        target_onehot_threshold=smoothed_threshold(label_smoothing, c),
+    )
+    return split_stats(rows)
 
 
 @dataclass
@@ -92,11 +190,11 @@ class _Pending:
 class StatsRecorder:
     """Collects per-batch tensors on the device and hands back `BatchChunk`s of statistics.
 
-    `record()` only keeps references to tensors the step created anyway (no copy, no kernel).
-    `flush()` stacks them, computes the chunk's statistics and starts one copy to pinned host
-    memory; `ready()` returns the chunks whose copy has landed, asking the device without waiting
-    (`Event.query`). A batch of another size (the last of an epoch) flushes first, so a chunk
-    always stacks into (n, B, C).
+    `record()` only keeps references to tensors the step created anyway (no copy, no kernel; the
+    autograd graph's saved tensors are already freed by backward). `flush()` stacks them, computes
+    the chunk's statistics and starts one copy to pinned host memory; `ready()` returns the chunks
+    whose copy has landed, asking the device without waiting (`Event.query`). A batch of another
+    size (the last of an epoch) flushes first, so a chunk always stacks into (n, B, C).
     """
 
     def __init__(
@@ -105,17 +203,15 @@ class StatsRecorder:
         device: torch.device,
         capacity: int,
         *,
-        temperature: float = 1.0,
         label_smoothing: float = 0.0,
         max_grad_norm: float | None = None,
     ) -> None:
         self.num_classes, self.device, self.capacity = num_classes, device, capacity
-        self._params = {"temperature": temperature, "label_smoothing": label_smoothing, "max_grad_norm": max_grad_norm}
-        self._logits: list[torch.Tensor] = []
-        self._targets: list[torch.Tensor] = []
-        self._values: list[torch.Tensor] = []
+        self._max_grad_norm = max_grad_norm
+        self._target_threshold = smoothed_threshold(label_smoothing, num_classes)
+        self._tensors: list[tuple[torch.Tensor, ...]] = []  # per batch: logits, probs, entropy, targets, h_t
+        self._scalars: list[torch.Tensor] = []  # per batch: the six 0-d tensors of STEP_COLUMNS (head squared)
         self._batch = 0
-        self._n = 0
         self._steps: list[int] = []
         self._epochs: list[int] = []
         self._lrs: list[float] = []
@@ -124,42 +220,42 @@ class StatsRecorder:
 
     @property
     def full(self) -> bool:
-        return self._n >= self.capacity
+        return len(self._steps) >= self.capacity
 
     def record(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        step_values: list[torch.Tensor],
-        step: int,
-        epoch: int,
-        lr: float,
+        self, logits: torch.Tensor, parts: LossParts, grad_norm: torch.Tensor, step: int, epoch: int, lr: float
     ) -> None:
-        """logits, targets (B, C) and the 0-d tensors of STEP_COLUMNS, all fresh tensors of this step."""
-        batch = logits.shape[0]
-        if batch != self._batch:
+        """One step: its raw logits (B, C), what its loss computed, and its (pre-clipping) grad norm."""
+        if logits.shape[0] != self._batch:
             self.flush()
-            self._batch = batch
-        self._logits.append(logits.detach())
-        self._targets.append(targets)
-        self._values.extend(v.detach() for v in step_values)
-        self._n += 1
+            self._batch = logits.shape[0]
+        self._tensors.append((logits, parts.probs, parts.entropy, parts.targets, parts.target_entropy))
+        self._scalars += (parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, parts.head_sq_norm)
         self._steps.append(step)
         self._epochs.append(epoch)
         self._lrs.append(lr)
 
     def flush(self) -> None:
-        if self._n == 0:
+        n = len(self._steps)
+        if n == 0:
             return
         now = time.perf_counter()
-        n = self._n
         with torch.no_grad():
-            logits, targets = torch.stack(self._logits), torch.stack(self._targets)  # (n, B, C)
-            values = torch.stack(self._values).view(n, len(STEP_COLUMNS)).float()
-            stats, hist = chunk_stats(logits, targets, values, **self._params)
-            device_cols = [c for c in BATCH_COLUMNS if c not in HOST_COLUMNS]
-            rows = torch.cat([torch.stack([stats[c] for c in device_cols], dim=1), hist], dim=1)  # (n, K + C)
-        self._logits, self._targets, self._values = [], [], []
+            logits, probs, entropy, targets, target_entropy = (
+                torch.stack(group) for group in zip(*self._tensors, strict=True)
+            )
+            values = torch.stack(self._scalars).view(n, len(STEP_COLUMNS)).to(probs.dtype)
+            rows = chunk_stats(
+                logits,
+                probs,
+                entropy,
+                targets,
+                target_entropy,
+                values,
+                max_grad_norm=self._max_grad_norm,
+                target_onehot_threshold=self._target_threshold,
+            )  # (n, K + C)
+        self._tensors, self._scalars = [], []
         event = None
         if self.device.type == "cuda":
             host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
@@ -171,7 +267,7 @@ class StatsRecorder:
         self._pending.append(
             _Pending(host, event, self._steps, self._epochs, self._lrs, n * self._batch, now - self._since)
         )
-        self._n, self._steps, self._epochs, self._lrs, self._since = 0, [], [], [], now
+        self._steps, self._epochs, self._lrs, self._since = [], [], [], now
 
     def ready(self, wait: bool = False) -> list[BatchChunk]:
         """Chunks whose copy has landed; with `wait`, all of them (a sync point, used at the end)."""
@@ -185,16 +281,18 @@ class StatsRecorder:
 
     def _to_chunk(self, p: _Pending) -> BatchChunk:
         data = p.host.numpy()
-        device_cols = [c for c in BATCH_COLUMNS if c not in HOST_COLUMNS]
+        k = len(DEVICE_COLUMNS)
         values = np.empty((len(p.steps), len(BATCH_COLUMNS)))
-        for j, name in enumerate(BATCH_COLUMNS):
-            if name not in HOST_COLUMNS:
-                values[:, j] = data[:, device_cols.index(name)]
-        values[:, BATCH_COLUMNS.index("lr")] = p.lrs
-        values[:, BATCH_COLUMNS.index("samples_per_s")] = p.samples / p.seconds if p.seconds > 0 else np.nan
+        values[:, _DEVICE_INDEX] = data[:, :k]
+        values[:, _LR] = p.lrs
+        values[:, _SAMPLES_PER_S] = p.samples / p.seconds if p.seconds > 0 else np.nan
         return BatchChunk(
             steps=np.asarray(p.steps, dtype=np.int64),
             epochs=np.asarray(p.epochs, dtype=np.int64),
             values=values,
-            class_hist=data[:, len(device_cols) :].copy(),
+            class_hist=data[:, k:].copy(),
         )
+
+
+_DEVICE_INDEX = np.array([BATCH_COLUMNS.index(name) for name in DEVICE_COLUMNS])
+_LR, _SAMPLES_PER_S = BATCH_COLUMNS.index("lr"), BATCH_COLUMNS.index("samples_per_s")

@@ -42,7 +42,7 @@ BATCH_COLUMNS: tuple[str, ...] = (
     # optimisation
     "grad_norm",  # global norm before clipping
     "clipped",  # 1.0 when clipping scaled the gradient
-    "head_weight_norm",  # Frobenius norm of the classifier weight
+    "head_weight_norm",  # Frobenius norm of the classifier weight, as the step's loss saw it
     "lr",
     "samples_per_s",
 )

@@ -45,7 +45,8 @@ def n_steps(s: ListSink) -> int:
     return len(s.steps)
 
 
-# field -> (override, what to compare, steps to run)
+# field -> (override, what to compare, steps to run); head_weight_norm is the norm the step's loss
+# saw, before its update, so an optimiser setting shows in it one step later
 PROBES: dict[str, tuple[dict, Callable[[ListSink], object], int | None]] = {
     "label_smoothing": ({"label_smoothing": 0.3}, first("target_entropy_mean"), 1),
     "temperature": ({"temperature": 0.5}, first("entropy_mean"), 1),
@@ -54,12 +55,12 @@ PROBES: dict[str, tuple[dict, Callable[[ListSink], object], int | None]] = {
     "entropy_penalty": ({"entropy_penalty": "linear"}, first("loss_entropy"), 1),
     "cap_entropy_at_target": ({"cap_entropy_at_target": True}, first("loss_entropy"), 1),
     "class_weights": ({"class_weights": None}, first("loss_ce"), 1),
-    "max_grad_norm": ({"max_grad_norm": 1e-3}, first("head_weight_norm"), 1),
-    "weight_decay": ({"weight_decay": 0.5}, first("head_weight_norm"), 1),
+    "max_grad_norm": ({"max_grad_norm": 1e-3}, first("head_weight_norm", 1), 2),
+    "weight_decay": ({"weight_decay": 0.5}, first("head_weight_norm", 1), 2),
     "final_layer_weight_decay": ({"final_layer_weight_decay": 0.5}, first("loss_final_l2"), 1),
-    "lr": ({"lr": 0.05}, first("head_weight_norm"), 1),
-    "optimizer": ({"optimizer": "sgd"}, first("head_weight_norm"), 1),
-    "momentum": ({"optimizer": "sgd", "momentum": 0.0}, first("head_weight_norm", 1), 2),
+    "lr": ({"lr": 0.05}, first("head_weight_norm", 1), 2),
+    "optimizer": ({"optimizer": "sgd"}, first("head_weight_norm", 1), 2),
+    "momentum": ({"optimizer": "sgd", "momentum": 0.0}, first("head_weight_norm", 2), 3),
     "lr_schedule": ({"lr_schedule": "cosine"}, first("lr", 3), 4),
     "epochs": ({"epochs": 3}, n_steps, None),
     "batch_size": ({"batch_size": 16}, n_steps, None),
