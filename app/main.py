@@ -25,6 +25,7 @@ from app.core.config import Settings
 from app.db import init_db, make_engine
 from app.errors import InputError, NotFound
 from app.run_feed import FeedHub
+from app.timing import ServerTimingMiddleware
 from app.worker import WorkerPool, reap_stale_runs
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.run_feeds = FeedHub(engine)  # event streams of one run share its database poll
     app.state.templates = Jinja2Templates(directory=ROOT / "templates")
     _add_error_handlers(app)
+    app.add_middleware(ServerTimingMiddleware)
     app.include_router(api_router, prefix="/api")
 
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)

@@ -18,6 +18,7 @@ FINISHED = {"completed", "failed", "cancelled", "diverged"}
 FIRST_STEP = re.compile(r'"steps":\[(-?\d+)')
 LAST_STEP = re.compile(r'"last_step":(-?\d+)')
 STATUS = re.compile(r'"status":"(\w+)"')
+SERVER_TIMING = re.compile(r"app;dur=([\d.]+)")
 STATS = "GET /stats?max_points=2000 (attach)"
 
 
@@ -26,6 +27,7 @@ class Tally:
     """Everything the clients saw: latencies per endpoint class, SSE gaps, failures."""
 
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    server_time: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # Server-Timing
     status_codes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     server_errors: list[str] = field(default_factory=list)  # 5xx bodies, "database is locked" among them
     client_errors: list[str] = field(default_factory=list)  # timeouts, resets
@@ -38,6 +40,9 @@ class Tally:
 
     def note(self, kind: str, seconds: float, response: httpx.Response) -> None:
         self.latency[kind].append(seconds)
+        timing = SERVER_TIMING.search(response.headers.get("server-timing", ""))
+        if timing:
+            self.server_time[kind].append(float(timing[1]) / 1000)
         self.status_codes[response.status_code] += 1
         if response.status_code >= 500:
             self.server_errors.append(f"{kind} {response.status_code}: {response.text[:300]}")
