@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from factories import add_run, make_chunk, wait_until
+from factories import add_run, make_chunk, make_warning, wait_until
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, inspect, text
 
@@ -129,3 +129,21 @@ def test_records_become_visible_while_the_run_goes_on(engine: Engine) -> None:
     sink.on_batches(make_chunk(5, 5))
     wait_until(lambda: _count_rows(engine) == 10, timeout=5, what="the second chunk")
     sink.close()
+
+
+def test_batches_wait_for_the_write_interval_but_a_warning_goes_out_at_once(engine: Engine) -> None:
+    run_id = add_run(engine)
+    sink = DatabaseSink(engine, run_id, write_interval=30.0)
+    sink.on_batches(make_chunk(0, 5))
+    wait_until(lambda: _count_rows(engine) == 5, timeout=5, what="the first chunk (no write before it)")
+    sink.on_batches(make_chunk(5, 5))
+    time.sleep(0.5)
+    assert _count_rows(engine) == 5, "a second chunk inside the interval waits for more"
+    sink.on_warning(make_warning(step=7))
+    wait_until(lambda: _count_rows(engine) == 10, timeout=5, what="the waiting chunk, with the warning")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM runwarning")).scalar_one() == 1
+    sink.on_batches(make_chunk(10, 5))
+    started = time.monotonic()
+    sink.close()  # the end of a run writes everything without waiting for the interval
+    assert time.monotonic() - started < 5 and _count_rows(engine) == 15 and sink.error is None
