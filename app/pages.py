@@ -23,6 +23,9 @@ router = APIRouter(include_in_schema=False)
 
 RUNS_PER_PAGE = 50
 STATS_POINTS = 2000  # server-side downsampling target for a chart's first load
+# live points a run page's charts take before they are drawn afresh from the downsampled history, so a
+# page left open on a fast run stays light (static/js/run_page.js)
+LIVE_POINTS_LIMIT = 10_000
 # one colour per run on the compare page (Plotly's default sequence, readable on white)
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -134,6 +137,7 @@ def _chart_meta(request: Request, run: RunPublic) -> dict[str, Any]:
         "min_entropy": run.config.get("min_entropy"),
         "max_grad_norm": run.config.get("max_grad_norm"),
         "stats_url": _stats_url(request, run.id),
+        "live_points_limit": LIVE_POINTS_LIMIT,
         "evals_url": str(request.url_for("list_run_evals", run_id=run.id)),
         "events_url": str(request.url_for("stream_run_events", run_id=run.id)),
         "header_partial_url": str(request.url_for("pages:run_header", run_id=run.id)),

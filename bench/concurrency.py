@@ -177,10 +177,10 @@ def main() -> None:
         facts["elapsed"] = time.monotonic() - started
     facts["server_log"] = log.read_text(errors="replace")
     facts["problems"], facts["by_status"] = check_rows(db)
-    report(args, tally, facts)
+    report(args, tally, facts, record=not args.quick)
 
 
-def report(args: argparse.Namespace, tally: Tally, facts: dict[str, Any]) -> None:
+def report(args: argparse.Namespace, tally: Tally, facts: dict[str, Any], record: bool) -> None:
     server_log, problems, browser_out = facts["server_log"], facts["problems"], facts["chromium"]
     locked = server_log.count("database is locked") + sum("database is locked" in e for e in tally.server_errors)
     seconds, (server_cpu, workers_cpu) = facts["load_seconds"], facts["cpu"]
@@ -234,7 +234,8 @@ def report(args: argparse.Namespace, tally: Tally, facts: dict[str, Any]) -> Non
     )
     lines += [f"  - {e}" for e in (tally.server_errors + tally.client_errors)[:5]]
     print("\n".join(lines))
-    append_results(lines)
+    if record:  # a --quick smoke run is not a result
+        append_results(lines)
 
 
 if __name__ == "__main__":

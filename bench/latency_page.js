@@ -1,27 +1,37 @@
 // Injected before the run page's own scripts (page.add_init_script) by bench/latency.py: timestamps,
 // on the machine's wall clock (Date.now(), the same clock as Python's time.time()), when each stats
-// event arrives over SSE and when each chart extension has been drawn.
+// event arrives over SSE and when each chart has drawn new steps.
 (() => {
   const rec = { drawn: [], arrived: [], opened: 0, status: null };
   window.__cwLatency = rec;
-  const TRACKED = new Set(["chart-entropy", "chart-grad"]); // the first and the last of the stat charts
+
+  // [chart, first step, last step, points, called at, drawn at] for each call that put steps on a
+  // chart; drawn: the animation frame after Plotly finished redrawing the plot (its promise resolved)
+  function note(id, steps, called, result) {
+    if (!steps?.length) return;
+    const [first, last] = [steps[0], steps[steps.length - 1]];
+    Promise.resolve(result).then(() =>
+      requestAnimationFrame(() => rec.drawn.push([id, first, last, steps.length, called, Date.now()])));
+  }
 
   function wrap(plotly) {
-    const extend = plotly.extendTraces;
+    const { extendTraces, newPlot, react } = plotly;
     plotly.extendTraces = function (gd, update, ...rest) {
-      const id = typeof gd === "string" ? gd : gd.id;
       const called = Date.now();
-      const result = extend.call(this, gd, update, ...rest);
-      const steps = update?.x?.[0];
-      if (TRACKED.has(id) && steps?.length) {
-        const [first, last] = [steps[0], steps[steps.length - 1]];
-        // [chart, first step, last step, points, called at, drawn at]; drawn: the animation frame
-        // after Plotly finished redrawing the plot (its promise resolved)
-        Promise.resolve(result).then(() =>
-          requestAnimationFrame(() => rec.drawn.push([id, first, last, steps.length, called, Date.now()])));
-      }
+      const result = extendTraces.call(this, gd, update, ...rest);
+      note(typeof gd === "string" ? gd : gd.id, update?.x?.[0], called, result);
       return result;
     };
+    // a chart drawn whole: for the first time (one below the fold, with the increments it kept), or
+    // afresh from the history
+    for (const [name, draw] of [["newPlot", newPlot], ["react", react]]) {
+      plotly[name] = function (gd, data, ...rest) {
+        const called = Date.now();
+        const result = draw.call(this, gd, data, ...rest);
+        note(typeof gd === "string" ? gd : gd.id, data?.[0]?.x, called, result);
+        return result;
+      };
+    }
   }
 
   let plotly;
@@ -30,7 +40,7 @@
     get: () => plotly,
     set: (value) => {
       plotly = value;
-      if (value?.extendTraces) wrap(value);
+      if (value?.extendTraces && value?.newPlot && value?.react) wrap(value);
     },
   });
 

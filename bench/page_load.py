@@ -1,5 +1,7 @@
-"""Time until a run page is interactive in a real Chromium: navigation start until all eight charts
-show their first data, read from the DOM every animation frame, so it needs nothing from the page's JS.
+"""Time until a run page is interactive in a real Chromium, read from the DOM every animation frame, so
+it needs nothing from the page's JS: navigation start until the charts on the first screen show their
+first data (a frame was rendered, so the page was free to respond), and until all eight do (without
+scrolling: the page draws the others when idle); and the longest main-thread task in between.
 """
 
 from __future__ import annotations
@@ -13,17 +15,33 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]  # fmt: skip
 VISITS = ("first visit", "second visit", "third visit")
 
-# ms since navigation start at the first frame where every chart shows data; false before.
-# A data line is a `.scatterlayer path.js-line` with a real path (legend swatches live elsewhere);
-# the class heatmap draws an <image> once it has data.
-CHARTS_DRAWN = """() => {
-  const line = (id) => [...document.querySelectorAll(`#${id} .scatterlayer path.js-line`)]
-    .some((p) => (p.getAttribute("d") || "").length > 20);
-  const lines = ["chart-entropy", "chart-logits", "chart-confidence", "chart-loss", "chart-grad",
-                 "chart-validation", "chart-calibration"].every(line);
-  const heat = document.querySelector("#chart-classes .hm image");
-  return lines && heat !== null && (heat.getAttribute("href") || "").length > 0 ? performance.now() : false;
-}"""
+# Does a chart show data? A data line is a `.scatterlayer path.js-line` with a real path (legend
+# swatches live elsewhere); the class heatmap draws an <image> once it has data.
+HAS_DATA = """(el) => el.id === "chart-classes"
+  ? (el.querySelector(".hm image")?.getAttribute("href") || "").length > 0
+  : [...el.querySelectorAll(".scatterlayer path.js-line")].some((p) => (p.getAttribute("d") || "").length > 20)"""
+CHARTS = "[...document.querySelectorAll('.chart-grid .chart')]"
+
+# ms since navigation start at the first frame where every chart shows data; false before
+CHARTS_DRAWN = f"""() => {{
+  const charts = {CHARTS};
+  return charts.length === 8 && charts.every({HAS_DATA}) ? performance.now() : false;
+}}"""
+
+# the same for the charts the first screen shows (any part of them in the viewport): [ms, how many]
+FIRST_SCREEN_DRAWN = f"""() => {{
+  const shown = {CHARTS}.filter((el) => {{
+    const r = el.getBoundingClientRect();
+    return r.bottom > 0 && r.top < window.innerHeight;
+  }});
+  return shown.length > 0 && shown.every({HAS_DATA}) ? [performance.now(), shown.length] : false;
+}}"""
+
+# measurement only: main-thread tasks of 50 ms or more (the Long Tasks API), [start, duration] in ms
+LONG_TASKS = """window.__cwLongTasks = [];
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) window.__cwLongTasks.push([e.startTime, e.duration]);
+}).observe({ type: "longtask", buffered: true });"""
 
 # measurement only: when plotly.min.js has run (its load event fires right after it executed)
 PLOTLY_TIMER = """document.addEventListener("load", (event) => {
@@ -47,22 +65,29 @@ BREAKDOWN = """() => {
 }"""
 
 
-def _interactive(page: Page, timeout_ms: float = 60_000) -> float:
-    return float(page.wait_for_function(CHARTS_DRAWN, polling="raf", timeout=timeout_ms).json_value())
+def _visit(page: Page, url: str, timeout_ms: float = 60_000) -> dict[str, float]:
+    """One page load: ms until the first screen's charts and all eight show data, the longest task
+    running in between (0 when none reached 50 ms), and how many charts the first screen shows."""
+    page.goto(url, wait_until="commit")
+    first, shown = page.wait_for_function(FIRST_SCREEN_DRAWN, polling="raf", timeout=timeout_ms).json_value()
+    every = float(page.wait_for_function(CHARTS_DRAWN, polling="raf", timeout=timeout_ms).json_value())
+    tasks = page.evaluate("() => window.__cwLongTasks")
+    between = [d for start, d in tasks if first <= start + d and start < every]
+    return {"first": float(first), "all": every, "longest_task": max(between, default=0.0), "shown": shown}
 
 
-def _visits(browser: Browser, url: str, errors: list[str]) -> tuple[list[float], list[dict[str, float]]]:
-    """One browser context (a user's profile, empty at first), the page loaded three times: ms until
-    interactive and the breakdown of each."""
+def _visits(browser: Browser, url: str, errors: list[str]) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """One browser context (a user's profile, empty at first), the page loaded three times: the
+    timings of each (see _visit) and its breakdown."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.add_init_script(PLOTLY_TIMER)
+    context.add_init_script(LONG_TASKS)
     try:
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         times, breakdowns = [], []
         for _ in VISITS:
-            page.goto(url, wait_until="commit")
-            times.append(_interactive(page))
+            times.append(_visit(page, url))
             breakdowns.append(page.evaluate(BREAKDOWN))
             page.goto("about:blank")
         return times, breakdowns
@@ -72,7 +97,7 @@ def _visits(browser: Browser, url: str, errors: list[str]) -> tuple[list[float],
 
 def measure_page_loads(bases: dict[str, str], run_id: int, n: int) -> dict[str, dict[str, object]]:
     """Per server (label -> base URL), n users' three visits each, the servers taking turns."""
-    times: dict[str, list[list[float]]] = {label: [] for label in bases}
+    times: dict[str, list[list[dict[str, float]]]] = {label: [] for label in bases}
     parts: dict[str, list[list[dict[str, float]]]] = {label: [] for label in bases}
     errors: list[str] = []
     with sync_playwright() as p:
@@ -91,7 +116,11 @@ def measure_page_loads(bases: dict[str, str], run_id: int, n: int) -> dict[str, 
         raise RuntimeError(f"the run page raised: {errors[:3]}")
     return {
         label: {
-            "visits_ms": {visit: [t[i] for t in times[label]] for i, visit in enumerate(VISITS)},
+            **{
+                f"{key}_ms": {visit: [t[i][key] for t in times[label]] for i, visit in enumerate(VISITS)}
+                for key in ("first", "all", "longest_task")
+            },
+            "shown": sorted({t[i]["shown"] for t in times[label] for i in range(len(VISITS))}),
             "breakdown": {
                 visit: {k: statistics.median(p[i][k] for p in parts[label]) for k in parts[label][0][i]}
                 for i, visit in enumerate(VISITS)

@@ -28,8 +28,9 @@ export function baseLayout({ title, xTitle = "step (batch)", yTitle, y2Title = n
     margin: { l: 70, r: y2Title ? 70 : 24, t: 86, b: 56 },
     legend: { orientation: "h", x: 0, xanchor: "left", y: 1.0, yanchor: "bottom", font: { size: 13 } },
     hovermode: "x unified",
-    xaxis: { title: { text: xTitle }, zeroline: false, automargin: true },
-    yaxis: { title: { text: yTitle }, zeroline: false, automargin: true },
+    // "allow": the margins hold the tick labels, so Plotly need not measure each one on every redraw
+    xaxis: { title: { text: xTitle }, zeroline: false, automargin: true, ticklabeloverflow: "allow" },
+    yaxis: { title: { text: yTitle }, zeroline: false, automargin: true, ticklabeloverflow: "allow" },
     shapes: [],
     annotations: [],
     uirevision: "keep", // user zoom survives live updates
@@ -37,7 +38,7 @@ export function baseLayout({ title, xTitle = "step (batch)", yTitle, y2Title = n
   if (yRange) layout.yaxis.range = yRange;
   if (y2Title) {
     layout.yaxis2 = { title: { text: y2Title }, overlaying: "y", side: "right", zeroline: false, automargin: true, range: [0, 1.02],
-      tickmode: "auto", showgrid: false };
+      tickmode: "auto", showgrid: false, ticklabeloverflow: "allow" };
   }
   return layout;
 }
@@ -81,12 +82,20 @@ export function thresholdLine(layout, y, label, color = COLORS.red) {
   });
 }
 
-// Vertical markers for steps whose values were NaN or infinite.
-export function nonfiniteLines(steps) {
-  return steps.map((step) => ({
-    type: "line", xref: "x", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
+// Vertical markers for steps whose values were NaN or infinite: one dotted trace of segments, on a
+// hidden 0-1 axis so they span the plot's height (cheaper to draw and extend than a shape per step).
+export const NONFINITE_AXIS = { overlaying: "y", range: [0, 1], fixedrange: true, visible: false };
+
+export function nonfiniteTrace() {
+  return {
+    type: "scatter", mode: "lines", name: "non-finite", x: [], y: [], yaxis: "y3", showlegend: false, hoverinfo: "skip",
     line: { color: COLORS.red, width: 1, dash: "dot" },
-  }));
+  };
+}
+
+// x and y of the trace's segments at `steps`
+export function nonfiniteSegments(steps) {
+  return { x: steps.flatMap((s) => [s, s, null]), y: steps.flatMap(() => [0, 1, null]) };
 }
 
 export function showError(message) {

@@ -1,8 +1,14 @@
-// The run page's eight charts: drawn once with the first data, then extended with each stats or eval increment.
+// The run page's eight charts: drawn once with the first data, then extended with each stats or eval
+// increment. When each chart is drawn and redrawn is chart_scheduler.js's business.
 
+import { scheduleCharts } from "./chart_scheduler.js";
 import {
-  COLORS, PLOT_CONFIG, baseLayout, lineTrace, markerTrace, nonfiniteLines, reserveLegend, thresholdLine,
+  COLORS, NONFINITE_AXIS, PLOT_CONFIG, baseLayout, lineTrace, markerTrace, nonfiniteSegments, nonfiniteTrace,
+  reserveLegend, thresholdLine,
 } from "./plot_style.js";
+
+const MAX_NONFINITE_MARKERS = 200; // per chart: more would hide the data
+const HEATMAP_INTERVAL_MS = 500; // the heatmap is redrawn whole, so at most twice a second
 
 const STAT_CHARTS = [
   {
@@ -75,29 +81,65 @@ function evalSeries(spec, records) {
   };
 }
 
-function withData(traces, { xs, ys }) {
-  traces.forEach((trace, i) => Object.assign(trace, { x: xs[i], y: ys[i] }));
+// [{step, column, kind}] of a stats answer or of eval records (their metrics named "validation <metric>")
+const statNonfinite = (s) => Object.entries(s.nonfinite ?? {}).flatMap(([column, entries]) =>
+  entries.map(([index, kind]) => ({ step: s.steps[index], column, kind })));
+const evalNonfinite = (records) => records.flatMap((r) =>
+  Object.entries(r.nonfinite ?? {}).map(([metric, kind]) => ({ step: r.step, column: `validation ${metric}`, kind })));
+
+// A line chart fed by increments (stats answers or lists of eval records): `seriesOf` gives each
+// trace's new values, `nonfiniteOf` the increment's non-finite entries, marked on every chart showing
+// their column. `first` holds the increments it is first drawn with.
+function lineChart(id, layout, traces, { seriesOf, nonfiniteOf, columns, first }) {
+  reserveLegend(layout, traces.map((t) => t.name), document.getElementById(id).clientWidth);
+  traces.push(nonfiniteTrace());
+  layout.yaxis3 = NONFINITE_AXIS;
+  const marked = new Set();
+
+  function values(increments) {
+    const parts = increments.map((inc) => {
+      const { xs, ys } = seriesOf(inc);
+      const fresh = nonfiniteOf(inc).filter((n) => columns.has(n.column) && !marked.has(n.step)).map((n) => n.step);
+      const steps = [...new Set(fresh)].slice(0, MAX_NONFINITE_MARKERS - marked.size);
+      steps.forEach((s) => marked.add(s));
+      const segments = nonfiniteSegments(steps);
+      return { xs: [...xs, segments.x], ys: [...ys, segments.y] };
+    });
+    return { xs: traces.map((_, i) => parts.flatMap((p) => p.xs[i])), ys: traces.map((_, i) => parts.flatMap((p) => p.ys[i])) };
+  }
+
+  return {
+    id,
+    draw(increments) {
+      const { xs, ys } = values([...first, ...increments]);
+      traces.forEach((trace, i) => Object.assign(trace, { x: xs[i], y: ys[i] }));
+      return Plotly.react(id, traces, layout, PLOT_CONFIG); // a new plot, or one drawn afresh keeping the user's zoom
+    },
+    extend(increments) {
+      const { xs, ys } = values(increments);
+      Plotly.extendTraces(id, { x: xs, y: ys }, xs.map((_, i) => i));
+    },
+  };
 }
 
-function statChart(spec, meta, stats) {
+function statChart(spec, meta, first) {
   const layout = baseLayout({ title: spec.title, yTitle: spec.yTitle, yRange: spec.yRange });
   for (const [y, label] of spec.thresholds?.(meta) ?? []) thresholdLine(layout, y, label);
   const traces = spec.series.map(([, name, color, dash]) => lineTrace(name, color, { dash }));
   if (spec.clipped) traces.push(markerTrace("clipped", COLORS.red));
-  if (stats?.steps.length) withData(traces, statSeries(spec, stats));
-  reserveLegend(layout, traces.map((t) => t.name), document.getElementById(spec.id).clientWidth);
-  return { spec, traces, layout, baseShapes: [...layout.shapes], columns: new Set(spec.series.map(([c]) => c)) };
+  const columns = new Set(spec.series.map(([c]) => c));
+  return lineChart(spec.id, layout, traces, { seriesOf: (s) => statSeries(spec, s), nonfiniteOf: statNonfinite, columns, first });
 }
 
-function evalChart(spec, records) {
+function evalChart(spec, first) {
   const layout = baseLayout({ title: spec.title, yTitle: spec.yTitle, y2Title: spec.y2Title });
   const traces = spec.series.map(([, name, color, dash, yaxis]) => ({ ...lineTrace(name, color, { dash, yaxis }), mode: "lines+markers" }));
-  if (records.length) withData(traces, evalSeries(spec, records));
-  reserveLegend(layout, traces.map((t) => t.name), document.getElementById(spec.id).clientWidth);
-  return { spec, traces, layout, baseShapes: [], columns: new Set(spec.series.map(([m]) => `validation ${m}`)) };
+  const columns = new Set(spec.series.map(([m]) => `validation ${m}`));
+  return lineChart(spec.id, layout, traces, { seriesOf: (records) => evalSeries(spec, records), nonfiniteOf: evalNonfinite, columns, first });
 }
 
-function classHeatmap(numClasses) {
+// the predicted-class histogram, one column per step; redrawn whole, so rate-limited
+function heatmapChart(numClasses, first) {
   const layout = baseLayout({ title: "Predicted-class histogram over time", yTitle: "predicted class" });
   layout.yaxis.dtick = numClasses <= 20 ? 1 : undefined;
   layout.hovermode = "closest";
@@ -107,58 +149,32 @@ function classHeatmap(numClasses) {
     zmin: 0, zmax: 1, colorscale: "Viridis", colorbar: { title: { text: "share of batch", side: "right" }, thickness: 14 },
     hovertemplate: "step %{x}<br>class %{y}: %{z:.3f}<extra></extra>",
   };
-  return { trace, layout, pending: false, revision: 0, lastDraw: 0 };
+  let revision = 0;
+  const add = (increments) => increments.forEach((s) => {
+    trace.x.push(...s.steps);
+    for (const row of s.class_hist ?? []) row.forEach((share, c) => trace.z[c]?.push(share));
+  });
+  return {
+    id: "chart-classes",
+    minIntervalMs: HEATMAP_INTERVAL_MS,
+    draw(increments) {
+      add([...first, ...increments]);
+      return Plotly.react("chart-classes", [trace], layout, PLOT_CONFIG);
+    },
+    extend(increments) {
+      add(increments);
+      layout.datarevision = ++revision; // the arrays grow in place, so tell react they changed
+      Plotly.react("chart-classes", [trace], layout, PLOT_CONFIG);
+    },
+  };
 }
 
-// Builds the charts with the first data already in them (`first`: {stats, evals}, either may be
-// missing), so each is drawn once; `drawn` resolves when all of them are. Later increments extend them.
-export function createRunCharts(meta, first = {}) {
-  const stats = first.stats ?? null;
-  const nonfinite = []; // {step, column, kind}
-  const seenEvalSteps = new Set();
-  const freshEvals = (records) => {
-    const fresh = records.filter((r) => !seenEvalSteps.has(r.step)).sort((a, b) => a.step - b.step);
-    fresh.forEach((r) => seenEvalSteps.add(r.step));
-    return fresh;
-  };
-  const firstEvals = freshEvals(first.evals ?? []);
-  const statCharts = STAT_CHARTS.map((spec) => statChart(spec, meta, stats));
-  const evalCharts = EVAL_CHARTS.map((spec) => evalChart(spec, firstEvals));
-  const heat = classHeatmap(meta.num_classes);
-  if (stats) addHeatmapRows(stats);
-
-  function addHeatmapRows(s) {
-    heat.trace.x.push(...s.steps);
-    for (const row of s.class_hist ?? []) row.forEach((share, c) => heat.trace.z[c]?.push(share));
-  }
-
-  // the heatmap is redrawn whole, so increments redraw it at most twice a second
-  function redrawHeatmap() {
-    if (heat.pending) return;
-    heat.pending = true;
-    setTimeout(() => {
-      heat.pending = false;
-      heat.lastDraw = performance.now();
-      heat.layout.datarevision = ++heat.revision; // the arrays grow in place, so tell react they changed
-      Plotly.react("chart-classes", [heat.trace], heat.layout, PLOT_CONFIG);
-    }, Math.max(0, heat.lastDraw + 500 - performance.now()));
-  }
-
-  const statNonfinite = (s) => Object.entries(s.nonfinite ?? {}).flatMap(([column, entries]) =>
-    entries.map(([index, kind]) => ({ step: s.steps[index], column, kind })));
-  const evalNonfinite = (records) => records.flatMap((r) =>
-    Object.entries(r.nonfinite ?? {}).map(([metric, kind]) => ({ step: r.step, column: `validation ${metric}`, kind })));
-
-  // the chart's own shapes plus a red line at each non-finite step of its columns (the first 200)
-  function shapesOf(chart) {
-    const steps = nonfinite.filter((n) => chart.columns.has(n.column)).slice(0, 200).map((n) => n.step);
-    return steps.length ? [...chart.baseShapes, ...nonfiniteLines(steps)] : null;
-  }
-
-  function showNonfinite() {
-    if (!nonfinite.length) return;
-    const byColumn = new Map();
-    for (const n of nonfinite) {
+// The notice above the charts: which measures were NaN or infinite, from which step, how often.
+function nonfiniteNotice() {
+  const byColumn = new Map();
+  return (fresh) => {
+    if (!fresh.length) return;
+    for (const n of fresh) {
       const entry = byColumn.get(n.column) ?? { first: n.step, count: 0, kinds: new Set() };
       entry.first = Math.min(entry.first, n.step);
       entry.count += 1;
@@ -171,62 +187,41 @@ export function createRunCharts(meta, first = {}) {
     const more = parts.length > 6 ? `; and ${parts.length - 6} more measures` : "";
     box.textContent = `Non-finite values (red dotted lines on the charts). ${parts.slice(0, 6).join("; ")}${more}.`;
     box.hidden = false;
-  }
+  };
+}
 
-  // fresh: [{step, column, kind}]; validation metrics are named "validation <metric>"
-  function flagNonfinite(fresh) {
-    if (!fresh.length) return;
-    nonfinite.push(...fresh);
-    for (const chart of [...statCharts, ...evalCharts]) {
-      const shapes = shapesOf(chart);
-      if (shapes) Plotly.relayout(chart.spec.id, { shapes });
-    }
-    showNonfinite();
-  }
+// Builds the charts with the first data in them (`first`: {stats, evals}, either may be missing), so
+// each is drawn once; `drawn` resolves when all of them are. Later increments extend them.
+export function createRunCharts(meta, first = {}) {
+  const seenEvalSteps = new Set();
+  const freshEvals = (records) => {
+    const fresh = records.filter((r) => !seenEvalSteps.has(r.step)).sort((a, b) => a.step - b.step);
+    fresh.forEach((r) => seenEvalSteps.add(r.step));
+    return fresh;
+  };
+  const firstStats = first.stats?.steps.length ? [first.stats] : [];
+  const firstEvals = freshEvals(first.evals ?? []);
+  const notice = nonfiniteNotice();
+  notice([...firstStats.flatMap(statNonfinite), ...evalNonfinite(firstEvals)]);
 
-  // Increments can arrive faster than a busy tab draws (each extension redraws a whole chart): those
-  // that piled up are drawn together at the next animation frame, so the charts fall at most one
-  // draw behind instead of queueing draw after draw.
-  let pendingStats = [];
+  const stat = STAT_CHARTS.map((spec) => statChart(spec, meta, firstStats));
+  const evals = EVAL_CHARTS.map((spec) => evalChart(spec, firstEvals.length ? [firstEvals] : []));
+  const heat = heatmapChart(meta.num_classes, firstStats);
+  // in page order (templates/runs/detail.html)
+  const scheduler = scheduleCharts([stat[0], stat[1], stat[2], heat, stat[3], stat[4], ...evals]);
+
   function addStats(s) {
     if (!s.steps.length) return;
-    if (!pendingStats.length) requestAnimationFrame(drawPendingStats);
-    pendingStats.push(s);
-  }
-
-  function drawPendingStats() {
-    const increments = pendingStats;
-    pendingStats = [];
-    for (const { spec } of statCharts) {
-      const parts = increments.map((s) => statSeries(spec, s));
-      const xs = parts[0].xs.map((_, i) => parts.flatMap((p) => p.xs[i]));
-      const ys = parts[0].ys.map((_, i) => parts.flatMap((p) => p.ys[i]));
-      Plotly.extendTraces(spec.id, { x: xs, y: ys }, xs.map((_, i) => i));
-    }
-    increments.forEach(addHeatmapRows);
-    redrawHeatmap();
-    flagNonfinite(increments.flatMap(statNonfinite));
+    for (const chart of [...stat, heat]) scheduler.push(chart.id, s);
+    notice(statNonfinite(s));
   }
 
   function addEvals(records) {
     const fresh = freshEvals(records);
     if (!fresh.length) return;
-    for (const { spec } of evalCharts) {
-      const { xs, ys } = evalSeries(spec, fresh);
-      Plotly.extendTraces(spec.id, { x: xs, y: ys }, xs.map((_, i) => i));
-    }
-    flagNonfinite(evalNonfinite(fresh));
+    for (const chart of evals) scheduler.push(chart.id, fresh);
+    notice(evalNonfinite(fresh));
   }
 
-  // the first draw: data and non-finite markers in place, one newPlot per chart
-  nonfinite.push(...(stats ? statNonfinite(stats) : []), ...evalNonfinite(firstEvals));
-  const drawn = [...statCharts, ...evalCharts].map((chart) => {
-    chart.layout.shapes = shapesOf(chart) ?? chart.layout.shapes;
-    return Plotly.newPlot(chart.spec.id, chart.traces, chart.layout, PLOT_CONFIG);
-  });
-  drawn.push(Plotly.newPlot("chart-classes", [heat.trace], heat.layout, PLOT_CONFIG));
-  heat.lastDraw = performance.now();
-  showNonfinite();
-
-  return { addStats, addEvals, drawn: Promise.all(drawn) };
+  return { addStats, addEvals, drawn: scheduler.drawn, stop: scheduler.stop };
 }

@@ -45,6 +45,24 @@ function plotlyLoaded() {
   });
 }
 
+// the rows of a stats answer after step `after` (null: none)
+function rowsAfter(s, after) {
+  const from = s.steps.findIndex((step) => step > after);
+  if (from <= 0) return from === 0 ? s : null;
+  const slice = (obj) => Object.fromEntries(Object.entries(obj).map(([k, v]) => [k, v.slice(from)]));
+  const nonfinite = Object.fromEntries(Object.entries(s.nonfinite ?? {}).map(([column, entries]) =>
+    [column, entries.filter(([i]) => i >= from).map(([i, kind]) => [i - from, kind])]));
+  const rows = { steps: s.steps.slice(from), epochs: s.epochs?.slice(from), class_hist: s.class_hist?.slice(from) };
+  return { ...s, ...rows, columns: slice(s.columns), nonfinite };
+}
+
+function showBuckets(stats) {
+  if (!stats.downsampled) return;
+  const note = document.getElementById("downsample-note");
+  note.textContent = `History shown in buckets of ${stats.bucket_size} batches.`;
+  note.hidden = false;
+}
+
 async function start() {
   const first = Promise.all([getJSON(meta.stats_url), getJSON(meta.evals_url)]);
   first.catch(() => {}); // reported below, once the (empty) charts are there
@@ -56,19 +74,48 @@ async function start() {
     createRunCharts(meta);
     throw err;
   }
-  const charts = createRunCharts(meta, { stats, evals });
+  showBuckets(stats); // before the charts: it may move them
+  let charts = createRunCharts(meta, { stats, evals });
   charts.drawn.then(() => {
     document.body.dataset.chartsReady = "1"; // every chart shows its first data (tests and benchmarks wait for it)
   });
-  if (stats.downsampled) {
-    const note = document.getElementById("downsample-note");
-    note.textContent = `History shown in buckets of ${stats.bucket_size} batches.`;
-    note.hidden = false;
-  }
   if (isTerminal(stats.status) && isTerminal(meta.status)) return;
+
+  // A live page's charts grow by every batch; past meta.live_points_limit live points they are drawn
+  // afresh from the downsampled history (the whole run, every spike kept), so a page left open stays light.
+  let livePoints = 0;
+  let held = null; // increments that arrive while the history is fetched again
+  async function redrawFromHistory() {
+    held = [];
+    livePoints = 0; // also after a failure: tried again that many points later
+    let history = null;
+    try {
+      history = await getJSON(meta.stats_url);
+    } finally {
+      const waiting = held;
+      held = null;
+      if (history) {
+        charts.stop();
+        showBuckets(history);
+        charts = createRunCharts(meta, { stats: history, evals });
+      }
+      for (const s of waiting) {
+        const rows = history ? rowsAfter(s, history.last_step) : s;
+        if (rows) charts.addStats(rows);
+      }
+    }
+  }
   followRun(meta.events_url, stats.last_step, {
-    stats: (s) => charts.addStats(s),
-    eval: (record) => charts.addEvals([record]),
+    stats: (s) => {
+      if (held) return held.push(s);
+      charts.addStats(s);
+      livePoints += s.steps.length;
+      if (livePoints > meta.live_points_limit) redrawFromHistory().catch((err) => showError(`Could not reload the charts: ${err.message}`));
+    },
+    eval: (record) => {
+      evals.push(record);
+      charts.addEvals([record]);
+    },
     warning: (w) => knownWarningIds().has(w.id) || refreshWarnings(),
     status: onStatus,
   });

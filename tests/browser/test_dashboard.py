@@ -81,12 +81,37 @@ def page(server: str) -> Iterator[sync_api.Page]:
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         tab = browser.new_page(viewport={"width": 1400, "height": 1000}, base_url=server)
+        tab.add_init_script(COUNT_PLOT_CALLS)
         errors: list[str] = []
         tab.on("pageerror", lambda exc: errors.append(str(exc)))
         tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         yield tab
         browser.close()
         assert not errors, f"the browser reported errors: {errors}"
+
+
+# counts the page's Plotly calls by method and chart: window.__plotCalls["extendTraces chart-grad"]
+COUNT_PLOT_CALLS = """window.__plotCalls = {};
+let plotly;
+Object.defineProperty(window, "Plotly", { configurable: true, get: () => plotly, set: (value) => {
+  plotly = value;
+  for (const name of ["newPlot", "react", "extendTraces"]) {
+    const call = value[name];
+    value[name] = function (gd, ...rest) {
+      const key = `${name} ${typeof gd === "string" ? gd : gd.id}`;
+      window.__plotCalls[key] = (window.__plotCalls[key] ?? 0) + 1;
+      return call.call(this, gd, ...rest);
+    };
+  }
+} });"""
+
+
+def _calls(page: sync_api.Page, method: str, chart: str) -> int:
+    return page.evaluate(f"() => window.__plotCalls['{method} {chart}'] ?? 0")
+
+
+# is the chart (by id) wholly below the viewport?
+_BELOW_FOLD = "((id) => document.getElementById(id).getBoundingClientRect().top > window.innerHeight)"
 
 
 def _points(page: sync_api.Page) -> int:
@@ -123,6 +148,17 @@ def test_collapse_run_live_charts_advice_and_compare(page: sync_api.Page) -> Non
     page.locator("#run-header .status-completed, #run-header .status-failed, #run-header .status-diverged").wait_for(
         timeout=120_000
     )
+    # a chart far below the fold (the last; even before the warning pushed the charts down) is drawn
+    # when the tab is idle but not redrawn while off screen; scrolled to, it catches up
+    assert page.evaluate(f"() => {_BELOW_FOLD}('chart-calibration')"), "the last chart should be below the fold"
+    assert page.evaluate("() => document.getElementById('chart-calibration').data !== undefined"), "not drawn"
+    assert _calls(page, "extendTraces", "chart-entropy") > 0
+    assert _calls(page, "extendTraces", "chart-calibration") == 0, "a chart below the fold was redrawn live"
+    evals = len(page.request.get(f"/api/runs/{run_id}/evals").json())
+    page.locator("#chart-calibration").scroll_into_view_if_needed()
+    page.wait_for_function(
+        f"() => document.getElementById('chart-calibration').data[0].x.length === {evals}", timeout=10_000
+    )
     page.wait_for_timeout(800)  # the heatmap redraws at most twice a second
     page.screenshot(path=OUTPUT / "run_page.png", full_page=True)
 
@@ -149,3 +185,31 @@ def test_collapse_run_live_charts_advice_and_compare(page: sync_api.Page) -> Non
     page.wait_for_function("() => document.getElementById('compare-entropy')?.data?.length === 4", timeout=30_000)
     assert page.locator("#compare-diff tbody tr").count() >= 1
     page.screenshot(path=OUTPUT / "compare_page.png", full_page=True)
+
+
+def test_live_charts_redrawn_from_history_keep_every_step_and_the_zoom(page: sync_api.Page) -> None:
+    # a page left open on a run redraws its charts from the downsampled history every live_points_limit
+    # live points; lowered here from 10,000 to 40 so a short run crosses it several times
+    def lower_limit(route: sync_api.Route) -> None:
+        response = route.fetch()
+        html, found = re.subn(r'"live_points_limit": \d+', '"live_points_limit": 40', response.text())
+        assert found == 1, "the run page's chart-meta has no live_points_limit"
+        route.fulfill(response=response, body=html)
+
+    page.route(re.compile(r"/runs/\d+$"), lower_limit)
+    body = {"preset": "fixed", "name": "redrawn live", "config": {"epochs": 12}}
+    response = page.request.post("/api/runs", data=body)
+    assert response.status == 201, response.text()
+    run_id = response.json()["id"]
+    page.goto(f"/runs/{run_id}")
+    page.wait_for_function("() => document.getElementById('chart-entropy')?.data?.[0]?.x?.length > 0", timeout=60_000)
+    page.evaluate("() => Plotly.relayout('chart-entropy', {'xaxis.range': [0, 30]})")
+    page.locator("#run-header .status-completed").wait_for(timeout=120_000)
+    steps = page.request.get(f"/api/runs/{run_id}").json()["steps"]
+    page.wait_for_function(f"() => document.getElementById('chart-entropy').data[0].x.at(-1) === {steps - 1}")
+
+    # its first draw, then one per redraw from the history
+    assert _calls(page, "react", "chart-entropy") >= 3, "the charts were not redrawn from the history"
+    xs = page.evaluate("() => document.getElementById('chart-entropy').data[0].x")
+    assert xs == list(range(steps)), "a step is missing or shown twice"  # under 2000 steps: not downsampled
+    assert page.evaluate("() => document.getElementById('chart-entropy').layout.xaxis.range") == [0, 30]
