@@ -1,15 +1,13 @@
-"""Batch statistics as database rows: one parameter tuple per batch, built fast enough for >100k rows/s.
+"""Batch statistics as `StatChunk` rows (one per chunk of consecutive batches) and back.
 
-NaN is stored as NULL with its bit set in `nan_mask` (SQLite turns a bound NaN into NULL anyway);
-infinities are stored as they are.
+Writing a chunk is one parameter tuple of packed arrays; reading decodes a few blobs with numpy.
+A row holds at most CHUNK_ROWS batches, so a live client's increment never decodes more than that.
 """
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from itertools import repeat
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,8 +15,12 @@ from sqlalchemy import Engine
 
 from trainer import BATCH_COLUMNS, BatchChunk
 
+CHUNK_ROWS = 1024
 _BIT = {name: i for i, name in enumerate(BATCH_COLUMNS)}
 
+CHUNK_COLUMNS = (
+    "run_id", "first_step", "last_step", "rows", "num_classes", "columns", "steps", "epochs", "values", "class_hist",
+)  # fmt: skip
 BLOCK_COLUMNS = ("run_id", "level", "first_step", "last_step", "first_epoch", "last_epoch", "rows", "nan_any", "stats")
 
 
@@ -29,29 +31,105 @@ def insert_sql(engine: Engine, table: str, names: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({', '.join(map(quote, names))}) VALUES ({', '.join([mark] * len(names))})"
 
 
-def batch_insert_sql(engine: Engine, columns: tuple[str, ...]) -> str:
-    return insert_sql(engine, "batchstat", ("run_id", "step", "epoch", "nan_mask", "class_hist", *columns))
+def chunk_rows(run_id: int, chunk: BatchChunk) -> Iterator[tuple[Any, ...]]:
+    """The chunk as StatChunk parameter tuples (CHUNK_COLUMNS order), CHUNK_ROWS batches at most each;
+    statistics the database does not know (a newer trainer's) are left out."""
+    keep = [j for j, name in enumerate(chunk.columns) if name in _BIT]
+    names = ",".join(chunk.columns[j] for j in keep)
+    values = np.ascontiguousarray(np.asarray(chunk.values, dtype=np.float64)[:, keep].T)  # (K, N)
+    steps = np.asarray(chunk.steps, dtype=np.int64)
+    epochs = np.asarray(chunk.epochs, dtype=np.int64)
+    hist = np.ascontiguousarray(chunk.class_hist, dtype=np.float32)
+    for lo in range(0, len(steps), CHUNK_ROWS):
+        hi = min(lo + CHUNK_ROWS, len(steps))
+        yield (
+            run_id,
+            int(steps[lo]),
+            int(steps[hi - 1]),
+            hi - lo,
+            hist.shape[1],
+            names,
+            steps[lo:hi].tobytes(),
+            epochs[lo:hi].tobytes(),
+            np.ascontiguousarray(values[:, lo:hi]).tobytes(),
+            hist[lo:hi].tobytes(),
+        )
 
 
-def chunk_rows(run_id: int, chunk: BatchChunk) -> tuple[tuple[str, ...], Iterator[tuple[Any, ...]], np.ndarray]:
-    """One parameter tuple per batch, made as executemany consumes them (and the nan_mask of each);
-    NaN becomes NULL with its bit set."""
-    keep = [i for i, name in enumerate(chunk.columns) if name in _BIT]
-    columns = tuple(chunk.columns[i] for i in keep)
-    values = np.asarray(chunk.values, dtype=np.float64)[:, keep]
-    n = len(values)
-    nan = np.isnan(values)  # (N, K)
-    bits = np.array([1 << _BIT[name] for name in columns], dtype=np.int64)
-    masks = (nan * bits).sum(axis=1) if columns else np.zeros(n, np.int64)
-    # column lists zipped into row tuples: built in C, one at a time, which is what buys the rows/s
-    column_lists = values.T.tolist()
-    for j in np.flatnonzero(nan.any(axis=0)).tolist():
-        for i in np.flatnonzero(nan[:, j]).tolist():
-            column_lists[j][i] = None
-    blobs = [row.tobytes() for row in np.ascontiguousarray(chunk.class_hist, dtype=np.float32)]
-    steps, epochs = np.asarray(chunk.steps).tolist(), np.asarray(chunk.epochs).tolist()
-    rows = zip(repeat(run_id, n), steps, epochs, masks.tolist(), blobs, *column_lists, strict=False)
-    return columns, rows, masks
+@dataclass
+class Batches:
+    """Decoded batches: steps, epochs (N,), values (N, K) for the requested names (NaN where none),
+    `nan` (N, K): a recorded NaN (not a statistic the chunk lacks), hists (N, C) float32 or None."""
+
+    steps: np.ndarray
+    epochs: np.ndarray
+    values: np.ndarray
+    nan: np.ndarray
+    hists: list[np.ndarray] | None
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def nan_masks(self, names: list[str]) -> np.ndarray:
+        """Per batch, bit BATCH_COLUMNS.index(name) set where that statistic is a recorded NaN."""
+        bits = np.array([1 << _BIT[n] for n in names], dtype=np.int64)
+        return (self.nan * bits).sum(axis=1) if names else np.zeros(len(self), np.int64)
+
+
+def decode_chunks(
+    chunks: Iterable[tuple[Any, ...]], names: list[str], lo: int, hi: int | None, limit: int | None, hist: bool
+) -> Batches:
+    """(rows, columns, steps, epochs, values[, class_hist]) tuples in step order -> the batches with
+    lo < step (<= hi), the first `limit` of them."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    total = 0
+    for row in chunks:
+        n, columns, steps_blob, epochs_blob, values_blob = row[:5]
+        steps = np.frombuffer(steps_blob, dtype=np.int64)
+        keep = steps > lo
+        if hi is not None:
+            keep &= steps <= hi
+        index: np.ndarray | slice = slice(None) if keep.all() else np.flatnonzero(keep)
+        have = columns.split(",") if columns else []
+        stored = np.frombuffer(values_blob, dtype=np.float64).reshape(len(have), n)
+        where = {name: j for j, name in enumerate(have)}
+        picked = steps[index]
+        values = np.full((len(picked), len(names)), np.nan)
+        recorded = np.zeros(len(names), bool)
+        for k, name in enumerate(names):
+            j = where.get(name)
+            if j is not None:
+                values[:, k] = stored[j, index]
+                recorded[k] = True
+        h = None
+        if hist:
+            blob = row[5]
+            h = np.frombuffer(blob, dtype=np.float32).reshape(n, -1)[index] if blob else np.zeros((len(picked), 0))
+        parts.append((picked, np.frombuffer(epochs_blob, dtype=np.int64)[index], values, recorded, h))
+        total += len(picked)
+        if limit is not None and total >= limit:
+            break
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return Batches(empty, empty, np.zeros((0, len(names))), np.zeros((0, len(names)), bool), [] if hist else None)
+    steps = np.concatenate([p[0] for p in parts])
+    values = np.concatenate([p[2] for p in parts])
+    nan = np.concatenate([np.isnan(p[2]) & p[3] for p in parts])
+    out = Batches(steps, np.concatenate([p[1] for p in parts]), values, nan, [p[4] for p in parts] if hist else None)
+    if limit is not None and len(out) > limit:
+        out = Batches(
+            out.steps[:limit], out.epochs[:limit], out.values[:limit], out.nan[:limit],
+            _cut(out.hists, limit) if out.hists is not None else None,
+        )  # fmt: skip
+    return out
+
+
+def _cut(hists: list[np.ndarray], limit: int) -> list[np.ndarray]:
+    out, left = [], limit
+    for h in hists:
+        out.append(h[:left])
+        left -= len(out[-1])
+    return out
 
 
 def executemany(conn: Any, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -74,17 +152,13 @@ def full_values(chunk: BatchChunk) -> np.ndarray:
     return values
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Millions of fresh floats and row tuples (none in a cycle) would trigger the cyclic collector
-    dozens of times per write; pausing it for the write roughly doubles the rows per second."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+def nan_masks(chunk: BatchChunk) -> np.ndarray:
+    """Per batch, bit i set where BATCH_COLUMNS[i] is a recorded NaN (what the rollup keeps)."""
+    keep = [j for j, name in enumerate(chunk.columns) if name in _BIT]
+    bits = np.array([1 << _BIT[chunk.columns[j]] for j in keep], dtype=np.int64)
+    if not keep:
+        return np.zeros(len(chunk), np.int64)
+    return (np.isnan(np.asarray(chunk.values, dtype=np.float64)[:, keep]) * bits).sum(axis=1)
 
 
 def merge_chunks(chunks: list[BatchChunk]) -> list[BatchChunk]:

@@ -17,7 +17,6 @@ from sqlmodel import Session, col, select
 from app.errors import InputError, NotFound, config_error_items, table_error_items
 from app.models import (
     SUMMARY_COLUMNS,
-    BatchStat,
     Dataset,
     EvalPublic,
     EvalStat,
@@ -29,6 +28,7 @@ from app.models import (
     RunSummary,
     RunWarning,
     StatBlock,
+    StatChunk,
     WarningPublic,
     utcnow,
 )
@@ -183,7 +183,7 @@ def delete_run(*, session: Session, run_id: int) -> None:
     run = get_run(session=session, run_id=run_id)
     if run.status == "running":
         cancel_run(session=session, run_id=run_id)
-    for table in (BatchStat, StatBlock, EvalStat, RunWarning):
+    for table in (StatChunk, StatBlock, EvalStat, RunWarning):
         session.exec(delete(table).where(table.run_id == run_id))
     session.exec(update(Run).where(col(Run.parent_id) == run_id).values(parent_id=None))
     session.exec(delete(Run).where(col(Run.id) == run_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import Column
@@ -87,6 +88,7 @@ def init_db(engine: Engine) -> list[str]:
     from app import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
     SQLModel.metadata.create_all(engine)
+    _convert_batchstat(engine)
     added: list[str] = []
     inspector = inspect(engine)
     with engine.begin() as conn:
@@ -103,3 +105,52 @@ def init_db(engine: Engine) -> list[str]:
     if added:
         log.info("database upgraded: added columns %s", ", ".join(added))
     return added
+
+
+def _convert_batchstat(engine: Engine) -> None:
+    """Databases written before statistics were stored in chunks have a `batchstat` table, one row
+    per batch (NULL plus a bit of `nan_mask` for NaN): its rows become StatChunk rows, run by run,
+    in one transaction, and the table is dropped."""
+    from app.batch_rows import CHUNK_COLUMNS, CHUNK_ROWS, chunk_rows, executemany, insert_sql
+    from trainer import BATCH_COLUMNS, BatchChunk
+
+    if not inspect(engine).has_table("batchstat"):
+        return
+    present = [c["name"] for c in inspect(engine).get_columns("batchstat")]
+    names = [n for n in BATCH_COLUMNS if n in present]
+    quote = engine.dialect.identifier_preparer.quote
+    select_sql = (
+        f"SELECT step, epoch, nan_mask, class_hist, {', '.join(map(quote, names))} FROM batchstat "
+        "WHERE run_id = :run ORDER BY step"
+    )
+    insert = insert_sql(engine, "statchunk", CHUNK_COLUMNS)
+    converted = 0
+    with engine.begin() as conn:
+        for (run_id,) in conn.execute(text("SELECT DISTINCT run_id FROM batchstat")).all():
+            result = conn.execute(text(select_sql), {"run": run_id})
+            while rows := result.fetchmany(CHUNK_ROWS):
+                values = np.array([r[4:] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
+                masks = np.array([r[2] for r in rows], dtype=np.int64)
+                # a NULL with its bit set was a NaN; a NULL without it was never recorded
+                recorded = [
+                    j
+                    for j, n in enumerate(names)
+                    if not np.isnan(values[:, j]).all() or (masks >> BATCH_COLUMNS.index(n) & 1).any()
+                ]
+                widths = {len(r[3] or b"") for r in rows}
+                width = max(widths) // 4
+                hist = np.zeros((len(rows), width), np.float32)
+                for i, r in enumerate(rows):
+                    if r[3]:
+                        hist[i, : len(r[3]) // 4] = np.frombuffer(r[3], dtype=np.float32)
+                chunk = BatchChunk(
+                    steps=np.array([r[0] for r in rows], dtype=np.int64),
+                    epochs=np.array([r[1] for r in rows], dtype=np.int64),
+                    values=values[:, recorded],
+                    class_hist=hist,
+                    columns=tuple(names[j] for j in recorded),
+                )
+                executemany(conn, insert, chunk_rows(run_id, chunk))
+                converted += len(rows)
+        conn.execute(text("DROP TABLE batchstat"))
+    log.info("database upgraded: %d batch rows moved from batchstat into statchunk", converted)

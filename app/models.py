@@ -1,7 +1,8 @@
-"""Database tables (`Run`, `BatchStat`, `EvalStat`, `RunWarning`, `Dataset`) and the API schemas.
+"""Database tables (`Run`, `StatChunk`, `StatBlock`, `EvalStat`, `RunWarning`, `Dataset`) and the API schemas.
 
-`BatchStat` is wide: one REAL column per name in `trainer.BATCH_COLUMNS`, built from that tuple,
-so a column the trainer adds appears here (and `init_db` adds it to an existing database).
+Batch statistics are stored a chunk of consecutive batches per row (`StatChunk`), each statistic
+as a packed array: one INSERT per chunk instead of one per batch, and a read of a few thousand
+batches decodes a handful of blobs instead of building a Python object per value.
 """
 
 from __future__ import annotations
@@ -9,15 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Double, LargeBinary, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, Text, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from trainer import BATCH_COLUMNS
 
-# NaN is stored as NULL plus bit i of `nan_mask` for BATCH_COLUMNS[i]: SQLite turns a bound NaN into
-# NULL, and one code path for both databases is simpler than two. New columns must be appended.
+# StatBlock.nan_any keeps one bit per statistic
 if len(BATCH_COLUMNS) > 63:
-    raise RuntimeError(f"nan_mask holds 63 columns; trainer.BATCH_COLUMNS has {len(BATCH_COLUMNS)}")
+    raise RuntimeError(f"StatBlock.nan_any holds 63 columns; trainer.BATCH_COLUMNS has {len(BATCH_COLUMNS)}")
 
 FINISHED_STATUSES = ("completed", "failed", "cancelled", "diverged")
 RUN_STATUSES = ("queued", "running", *FINISHED_STATUSES)
@@ -70,7 +70,7 @@ class Run(RunBase, table=True):
     cancel_requested: bool = False
     error: str | None = Field(default=None, sa_type=Text)
     duration_s: float | None = None
-    # kept up to date by the sink once per flushed chunk, so list views never touch BatchStat
+    # kept up to date by the sink once per flushed chunk, so list views never touch StatChunk
     steps: int = 0
     last_step: int = -1
     latest: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
@@ -79,31 +79,29 @@ class Run(RunBase, table=True):
     info: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # RunInfo without the config
 
 
-def _batch_stat_model() -> type[SQLModel]:
-    annotations: dict[str, Any] = {"run_id": int, "step": int, "epoch": int, "nan_mask": int, "class_hist": bytes}
-    namespace: dict[str, Any] = {
-        "__module__": __name__,
-        "__qualname__": "BatchStat",
-        "__doc__": "Statistics of one recorded batch; NaN is NULL plus its bit in `nan_mask`.",
-        "__tablename__": "batchstat",
-        "run_id": Field(foreign_key="run.id", primary_key=True, ondelete="CASCADE"),
-        "step": Field(primary_key=True, sa_type=BigInteger),
-        "epoch": Field(default=0),
-        "nan_mask": Field(default=0, sa_type=BigInteger),
-        "class_hist": Field(default=b"", sa_type=LargeBinary),  # float32 shares, num_classes of them
-    }
-    for name in BATCH_COLUMNS:
-        annotations[name] = float | None
-        namespace[name] = Field(default=None, sa_type=Double)
-    namespace["__annotations__"] = annotations
-    return type(SQLModel)("BatchStat", (SQLModel,), namespace, table=True)
+class StatChunk(SQLModel, table=True):
+    """Consecutive recorded batches of one run (ascending steps, at most CHUNK_ROWS of them).
 
+    `columns` names the statistics the chunk holds, comma-separated, in the order of `values`:
+    float64 (len(columns), rows), row-major, so one statistic is one contiguous slice. NaN and
+    infinities are stored as they are; a statistic missing from `columns` was not recorded. `steps`
+    and `epochs` are int64 (rows,), `class_hist` float32 (rows, num_classes) shares.
+    """
 
-BatchStat = _batch_stat_model()
+    run_id: int = Field(foreign_key="run.id", primary_key=True, ondelete="CASCADE")
+    first_step: int = Field(primary_key=True, sa_type=BigInteger)
+    last_step: int = Field(sa_type=BigInteger)
+    rows: int
+    num_classes: int
+    columns: str = Field(sa_type=Text)
+    steps: bytes = Field(sa_type=LargeBinary)
+    epochs: bytes = Field(sa_type=LargeBinary)
+    values: bytes = Field(sa_type=LargeBinary)
+    class_hist: bytes = Field(sa_type=LargeBinary)
 
 
 class StatBlock(SQLModel, table=True):
-    """Min/max summary of 16, 256 or 4096 consecutive BatchStat rows (level 0, 1, 2), written by the
+    """Min/max summary of 16, 256 or 4096 consecutive batches (level 0, 1, 2), written by the
     sink so that a chart of a million batches reads thousands of rows instead (see app/rollup.py)."""
 
     run_id: int = Field(foreign_key="run.id", primary_key=True, ondelete="CASCADE")

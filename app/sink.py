@@ -1,7 +1,8 @@
 """`DatabaseSink`: the trainer's statistics into the database without slowing the training loop.
 
 Every call only puts a record on a queue; one writer thread drains whatever has piled up and
-writes it in one transaction (rows via `executemany` on the raw DBAPI cursor, no ORM objects).
+writes it in one transaction (a `StatChunk` row of packed arrays per chunk of batches, via
+`executemany` on the raw DBAPI cursor, no ORM objects).
 Batch statistics are written at most every `write_interval` seconds: the writer holds the GIL
 while it builds rows, and at a thousand steps per second twenty small transactions a second cost
 the training thread twice what four larger ones do. Anything else (start, warnings, evaluations,
@@ -22,13 +23,13 @@ from sqlalchemy.exc import IntegrityError
 
 from app.batch_rows import (
     BLOCK_COLUMNS,
-    batch_insert_sql,
+    CHUNK_COLUMNS,
     chunk_rows,
     executemany,
     full_values,
-    gc_paused,
     insert_sql,
     merge_chunks,
+    nan_masks,
 )
 from app.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
 from app.rollup import Rollup, Segments, encode_stats
@@ -62,7 +63,7 @@ class DatabaseSink:
         self._max_severity = -1
         self._rollup: Rollup | None = None
         self._rows_before: int | None = None
-        self._sql: dict[tuple[str, ...], str] = {}
+        self._chunk_sql = insert_sql(engine, "statchunk", CHUNK_COLUMNS)
         self._block_sql = insert_sql(engine, "statblock", BLOCK_COLUMNS)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
@@ -167,14 +168,10 @@ class DatabaseSink:
             self._rollup = Rollup(len(BATCH_COLUMNS)) if self._rows_before == 0 else None
         n = 0
         for chunk in merge_chunks(chunks):
-            with gc_paused():
-                columns, rows, masks = chunk_rows(self.run_id, chunk)
-                sql = self._sql.get(columns) or self._sql.setdefault(columns, batch_insert_sql(self.engine, columns))
-                executemany(conn, sql, rows)
-                del rows
+            executemany(conn, self._chunk_sql, chunk_rows(self.run_id, chunk))
             n += len(chunk)
             if self._rollup is not None:
-                done = self._rollup.add(chunk.steps, chunk.epochs, full_values(chunk), masks)
+                done = self._rollup.add(chunk.steps, chunk.epochs, full_values(chunk), nan_masks(chunk))
                 self._write_blocks(conn, done)
         last = chunks[-1]
         latest = {name: finite_or_none(v) for name, v in zip(last.columns, last.values[-1].tolist(), strict=True)}

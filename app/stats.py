@@ -1,7 +1,8 @@
 """Reading batch statistics for charts: increments since a step, and downsampling that keeps spikes.
 
-Downsampling merges the sink's min/max blocks (app/rollup.py) with the few raw rows around them,
-so a million-batch run costs a few thousand small rows, never a million Python objects.
+Downsampling merges the sink's min/max blocks (app/rollup.py) with the few raw batches around them,
+so a million-batch run costs a few thousand small rows, never a million Python objects. Raw batches
+come from `StatChunk` rows, decoded with numpy (app/batch_rows.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 from sqlmodel import Session
 
+from app.batch_rows import Batches, decode_chunks
 from app.errors import InputError
-from app.models import BatchStat, StatBlock, StatsPublic
+from app.models import StatBlock, StatChunk, StatsPublic
 from app.rollup import LEVELS, Segments, combine, decode_stats, from_rows, level_rows
 from trainer import BATCH_COLUMNS
 
 _BIT = {name: i for i, name in enumerate(BATCH_COLUMNS)}
-_HIST_BATCH = 500  # steps per IN (...) lookup: far below every database's parameter limit
+_IN_BATCH = 500  # values per IN (...) lookup: far below every database's parameter limit
 
 
 class RunRef(Protocol):
@@ -60,49 +62,57 @@ def get_stats(
 
 
 def _count(conn: Connection, run_id: int, since_step: int) -> int:
-    t = BatchStat.__table__
-    query = select(t.c.step).where(t.c.run_id == run_id, t.c.step > since_step).subquery()
-    return int(conn.execute(select(func.count()).select_from(query)).scalar_one())
+    """Batches after since_step: whole chunks by their row counts, the one that straddles it decoded."""
+    t = StatChunk.__table__
+    whole = conn.execute(
+        select(func.coalesce(func.sum(t.c.rows), 0)).where(t.c.run_id == run_id, t.c.first_step > since_step)
+    ).scalar_one()
+    straddling = conn.execute(
+        select(t.c.steps).where(t.c.run_id == run_id, t.c.first_step <= since_step, t.c.last_step > since_step)
+    ).all()
+    return int(whole) + sum(int((np.frombuffer(b, dtype=np.int64) > since_step).sum()) for (b,) in straddling)
 
 
-def _raw_rows(
+def _read(
     conn: Connection, run_id: int, lo: int, hi: int | None, names: list[str], limit: int | None, hist: bool
-) -> list[tuple[Any, ...]]:
-    """(step, epoch, nan_mask, [class_hist,] *names) tuples straight from the DBAPI cursor: building
-    SQLAlchemy rows costs more than the query itself for tens of thousands of rows."""
+) -> Batches:
+    """The batches with lo < step (<= hi), ascending, the first `limit` of them: straight from the
+    DBAPI cursor, a chunk's blobs decoded with numpy as they arrive."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cols = ["rows", "columns", "steps", "epochs", "values", *(["class_hist"] if hist else [])]
     quote = conn.dialect.identifier_preparer.quote
-    cols = ["step", "epoch", "nan_mask", *(["class_hist"] if hist else []), *names]
-    sql = f"SELECT {', '.join(map(quote, cols))} FROM batchstat WHERE run_id = {mark} AND step > {mark}"
+    sql = f"SELECT {', '.join(map(quote, cols))} FROM statchunk WHERE run_id = {mark} AND last_step > {mark}"
     params: list[int] = [run_id, lo]
     if hi is not None:
-        sql += f" AND step <= {mark}"
+        sql += f" AND first_step <= {mark}"
         params.append(hi)
-    sql += " ORDER BY step" + (f" LIMIT {int(limit)}" if limit is not None else "")
     cursor = conn.connection.cursor()
     try:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
+        cursor.execute(sql + " ORDER BY first_step", params)
+        return decode_chunks(_fetch(cursor), names, lo, hi, limit, hist)
     finally:
         cursor.close()
+
+
+def _fetch(cursor: Any, size: int = 64) -> Any:
+    while rows := cursor.fetchmany(size):
+        yield from rows
 
 
 def _raw_stats(
     conn: Connection, run: RunRef, since_step: int, names: list[str], limit: int | None, until_step: int | None = None
 ) -> StatsPublic:
-    rows = _raw_rows(conn, run.id or 0, since_step, until_step, names, limit, hist=True)
-    steps = [r[0] for r in rows]
-    masks = np.array([r[2] for r in rows], dtype=np.int64)
-    values = np.array([r[4:] for r in rows], dtype=np.float64).reshape(len(rows), len(names))  # None -> NaN
-    columns, nonfinite = _columns_out(names, values, masks[:, None] >> np.array([_BIT[n] for n in names]) & 1)
+    batches = _read(conn, run.id or 0, since_step, until_step, names, limit, hist=True)
+    columns, nonfinite = _columns_out(names, batches.values, batches.nan)
+    steps = batches.steps.tolist()
     return StatsPublic.model_construct(  # built from checked values: no second validation pass
         run_id=run.id or 0,
         status=run.status,
         columns=columns,
         nonfinite=nonfinite,
         steps=steps,
-        epochs=[r[1] for r in rows],
-        class_hist=_decode_hists([r[3] for r in rows]),
+        epochs=batches.epochs.tolist(),
+        class_hist=_hist_lists(batches.hists or []),
         last_step=steps[-1] if steps else since_step,
         downsampled=False,
         bucket_size=1,
@@ -166,9 +176,8 @@ def _cover(conn: Connection, run_id: int, since_step: int, start_level: int, nam
             next_gaps += [(lo, int(blocks.first_step[0]) - 1), (int(blocks.last_step[-1]), hi)]
         gaps = [(lo, hi) for lo, hi in next_gaps if hi is None or hi > lo]
     for lo, hi in gaps:
-        rows = _raw_rows(conn, run_id, lo, hi, names, None, hist=False)
-        values = np.array([r[3:] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
-        parts.append(from_rows([r[0] for r in rows], [r[1] for r in rows], values, [r[2] for r in rows]))
+        raw = _read(conn, run_id, lo, hi, names, None, hist=False)
+        parts.append(from_rows(raw.steps, raw.epochs, raw.values, raw.nan_masks(names)))
     seg = Segments.concat(parts, len(names))
     return seg.take(np.argsort(seg.first_step, kind="stable"))
 
@@ -189,8 +198,8 @@ def _blocks(conn: Connection, run_id: int, level: int, lo: int, hi: int | None, 
 def _columns_out(
     names: list[str], values: np.ndarray, nan_flags: np.ndarray
 ) -> tuple[dict[str, list[float | None]], dict[str, list[tuple[int, str]]]]:
-    """JSON-ready columns: non-finite values become null and are named in the second dict; a NULL
-    without its NaN bit is a value that was never recorded (a column newer than the row)."""
+    """JSON-ready columns: non-finite values become null and are named in the second dict; a NaN
+    without its flag is a value that was never recorded (a statistic newer than the batch)."""
     columns: dict[str, list[float | None]] = {}
     nonfinite: dict[str, list[tuple[int, str]]] = {}
     for j, name in enumerate(names):
@@ -206,25 +215,37 @@ def _columns_out(
     return columns, nonfinite
 
 
-def _decode_hists(blobs: list[bytes | None]) -> list[list[float]]:
-    """float32 class shares per row; decoded in one numpy call per distinct width."""
-    out: list[list[float]] = [[] for _ in blobs]
-    widths: dict[int, list[int]] = {}
-    for i, blob in enumerate(blobs):
-        if blob:
-            widths.setdefault(len(blob), []).append(i)
-    for width, rows in widths.items():
-        arr = np.frombuffer(b"".join(blobs[i] or b"" for i in rows), dtype=np.float32).reshape(len(rows), width // 4)
-        for i, hist in zip(rows, np.round(arr.astype(np.float64), 6).tolist(), strict=True):
-            out[i] = hist
+def _hist_lists(hists: list[np.ndarray]) -> list[list[float]]:
+    """float32 class shares (one (n, C) array per chunk) as JSON-ready lists, rounded to 6 places."""
+    out: list[list[float]] = []
+    for h in hists:
+        out += np.round(h.astype(np.float64), 6).tolist()
     return out
 
 
 def _hists_at(conn: Connection, run_id: int, steps: list[int]) -> list[list[float]]:
-    t = BatchStat.__table__
-    found: dict[int, bytes] = {}
-    for i in range(0, len(steps), _HIST_BATCH):
-        part = steps[i : i + _HIST_BATCH]
-        query = select(t.c.step, t.c.class_hist).where(t.c.run_id == run_id, t.c.step.in_(part))
-        found.update({s: h for s, h in conn.execute(query).all()})
-    return _decode_hists([found.get(s) for s in steps])
+    """The class histogram of each of `steps` (ascending, recorded batches): the chunks that hold
+    them found from the run's chunk index, then only those chunks' histograms read."""
+    t = StatChunk.__table__
+    if not steps:
+        return []
+    firsts = np.array(
+        conn.execute(select(t.c.first_step).where(t.c.run_id == run_id).order_by(t.c.first_step)).scalars().all(),
+        dtype=np.int64,
+    )
+    wanted = np.asarray(steps, dtype=np.int64)
+    holder = firsts[np.clip(np.searchsorted(firsts, wanted, side="right") - 1, 0, None)] if len(firsts) else wanted
+    found: dict[int, list[float]] = {}
+    needed = np.unique(holder).tolist()
+    for i in range(0, len(needed), _IN_BATCH):
+        query = select(t.c.rows, t.c.steps, t.c.class_hist).where(
+            t.c.run_id == run_id, t.c.first_step.in_(needed[i : i + _IN_BATCH])
+        )
+        for n, steps_blob, hist_blob in conn.execute(query).all():
+            chunk_steps = np.frombuffer(steps_blob, dtype=np.int64)
+            at = np.flatnonzero(np.isin(chunk_steps, wanted))
+            if not len(at) or not hist_blob:
+                continue
+            hists = np.frombuffer(hist_blob, dtype=np.float32).reshape(n, -1)[at]
+            found.update(zip(chunk_steps[at].tolist(), np.round(hists.astype(np.float64), 6).tolist(), strict=True))
+    return [found.get(s, []) for s in steps]

@@ -106,9 +106,13 @@ def _page_lags(rec: dict[str, Any]) -> list[float]:
 def check_rows(db: Path) -> tuple[list[str], dict[str, int]]:
     """Compare each run's stored rows with what its trainer trained; problems and counts by status."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    rows = {
-        r[0]: r[1:] for r in con.execute("SELECT run_id, count(*), min(step), max(step) FROM batchstat GROUP BY run_id")
-    }
+    rows = {}  # run id -> (batches stored, first step, last step); steps decoded, so a duplicate or a hole shows
+    for run_id, blob in con.execute("SELECT run_id, steps FROM statchunk ORDER BY run_id, first_step"):
+        count, lo, hi = rows.get(run_id, (0, None, None))
+        steps = np.frombuffer(blob, dtype=np.int64)
+        if (hi is not None and steps[0] != hi + 1) or np.any(np.diff(steps) != 1):
+            hi = -1  # not contiguous: reported below as a mismatch
+        rows[run_id] = (count + len(steps), int(steps[0]) if lo is None else lo, int(steps[-1]) if hi != -1 else -1)
     evals = dict(con.execute("SELECT run_id, max(step) FROM evalstat GROUP BY run_id"))
     problems, by_status = [], {}
     for run_id, status, steps, config, info, error in con.execute(
@@ -218,7 +222,7 @@ def report(args: argparse.Namespace, tally: Tally, facts: dict[str, Any], record
         f'- "database is locked": {locked} (server log and responses); 5xx responses: {len(tally.server_errors)}; '
         f"tracebacks in the server log: {server_log.count('Traceback')}; client errors: "
         f"{len(tally.client_errors)}; status codes {dict(sorted(tally.status_codes.items()))}.",
-        f"- Rows: runs by status {facts['by_status']}; each run's BatchStat rows vs its steps field (and, "
+        f"- Rows: runs by status {facts['by_status']}; each run's stored batches vs its steps field (and, "
         f"completed, vs the steps trained and the last eval step): {rows}.",
         f"- CPU during the {seconds:.0f} s of load: server process {server_cpu:.0f} s, its {args.workers} workers "
         f"{workers_cpu:.0f} s (2 cores: {2 * seconds:.0f} s in all).",

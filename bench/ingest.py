@@ -1,7 +1,8 @@
 """Batch rows per second through the worker's `DatabaseSink` into SQLite, beside raw sqlite3 `executemany`.
 
 Chunks are built up front; the sink's time runs from the first `on_batches` to `on_end` returning
-(everything committed), the baseline's over the same rows, same schema and pragmas, interleaved.
+(everything committed). The baseline is the plain way, and this project's own way before chunks:
+one row per batch, one REAL column per statistic, raw `executemany`, same pragmas, interleaved.
 Run: `.venv/bin/python -m bench.ingest [--rows 100000 1000000] [--repeats 3]`.
 """
 
@@ -31,6 +32,13 @@ from trainer import BATCH_COLUMNS, BatchChunk, TrainResult
 
 TARGET_ROWS_PER_S = 100_000
 _BITS = np.array([1 << i for i in range(len(BATCH_COLUMNS))], dtype=np.int64)
+# one row per batch: NaN as NULL plus its bit in nan_mask (SQLite turns a bound NaN into NULL)
+ROW_TABLE = (
+    "CREATE TABLE batchrow (run_id INTEGER NOT NULL REFERENCES run (id), step BIGINT NOT NULL, "
+    "epoch INTEGER NOT NULL, nan_mask BIGINT NOT NULL, class_hist BLOB NOT NULL, "
+    + ", ".join(f"{name} DOUBLE" for name in BATCH_COLUMNS)
+    + ", PRIMARY KEY (run_id, step))"
+)
 
 
 @dataclass
@@ -100,8 +108,9 @@ def run_baseline(chunks: list[BatchChunk], path: Path, group: int) -> Timing:
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
         conn.execute(f"PRAGMA {pragma}")
+    conn.execute(ROW_TABLE)
     names = ("run_id", "step", "epoch", "nan_mask", "class_hist", *BATCH_COLUMNS)
-    sql = f"INSERT INTO batchstat ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    sql = f"INSERT INTO batchrow ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
     transactions = 0
     start = time.perf_counter()
     for i in range(0, len(chunks), group):
@@ -116,17 +125,29 @@ def run_baseline(chunks: list[BatchChunk], path: Path, group: int) -> Timing:
 
 
 def _check(path: Path, rows: int, with_blocks: bool) -> tuple[int, float]:
-    """Every row is there (and, for the sink, every complete rollup block); returns a checksum."""
+    """Every batch is there (and, for the sink, every complete rollup block); returns a checksum:
+    the NaN count over all statistics and the sum of the finite losses."""
     conn = sqlite3.connect(path)
-    count, nan_bits, loss_sum = conn.execute("SELECT count(*), sum(nan_mask), total(loss) FROM batchstat").fetchone()
-    blocks = conn.execute("SELECT count(*) FROM statblock").fetchone()[0]
+    if with_blocks:
+        count, nans, losses = 0, 0, []
+        for n, columns, blob in conn.execute('SELECT rows, columns, "values" FROM statchunk'):
+            values = np.frombuffer(blob, dtype=np.float64).reshape(len(columns.split(",")), n)
+            count, nans = count + n, nans + int(np.isnan(values).sum())
+            losses.append(values[columns.split(",").index("loss")])
+        loss = np.concatenate(losses) if losses else np.zeros(0)
+        blocks = conn.execute("SELECT count(*) FROM statblock").fetchone()[0]
+    else:
+        table = np.array(conn.execute("SELECT nan_mask, loss FROM batchrow").fetchall(), dtype=np.float64)
+        count, blocks = len(table), None
+        nans = int(sum(int(m).bit_count() for m in table[:, 0])) if count else 0
+        loss = table[:, 1] if count else np.zeros(0)  # NULL (a NaN) read back as NaN, left out below
     conn.close()
     if count != rows:
         raise RuntimeError(f"{path.name}: {count} rows stored, {rows} sent")
     expected = rows // 16 + rows // 256 + rows // 4096
     if with_blocks and blocks != expected:
         raise RuntimeError(f"{path.name}: {blocks} rollup blocks, expected {expected}")
-    return int(nan_bits or 0), round(loss_sum, 6)
+    return nans, round(float(loss[np.isfinite(loss)].sum()), 6)
 
 
 def _calls(timings: list[Timing]) -> dict[str, float]:
@@ -229,9 +250,11 @@ def main() -> None:
     lines += [
         "",
         "Sink: first on_batches until on_end returns (every row and rollup block committed, the run marked "
-        "finished). Baseline: the same rows from the same chunks (tuples built inside its timing) into the "
-        f"same batchstat table, {args.group} chunks per transaction, no rollup blocks and no run summary. "
-        "Both stored the same rows (count and checksum compared). The paced producer sleeps between chunks as "
+        "finished); it stores a StatChunk row of packed arrays per chunk (at most 1,024 batches each). Baseline: "
+        "the same batches from the same chunks (tuples built inside its timing) as one row per batch, one REAL "
+        f"column per statistic (this project's storage before chunks), {args.group} chunks per transaction, no "
+        "rollup blocks and no run summary. Both stored the same batches (count, NaN count and loss sum "
+        "compared). The paced producer sleeps between chunks as "
         "a training loop computes, so the writer works throughout while on_batches is timed; its last column "
         "is the backlog the writer still had when training ended.",
     ]

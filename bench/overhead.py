@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,6 +47,9 @@ class Bench:
         self.weights = balanced_class_weights(torch.cat(self.t))
         self.sink_factory = sink_factory
         self.step = 0
+        self.recorder: StatsRecorder | None = None
+        self.sink: object | None = None
+        self.writer: object | None = None
 
     def _opt(self) -> tuple:
         i = self.step % len(self.x)
@@ -53,39 +57,49 @@ class Bench:
         self.step += 1
         return (i, *out)
 
-    def run(self, variant: str, steps: int) -> float:
-        """Seconds per step over `steps` steps (device work included: synced at both ends)."""
-        recorder = StatsRecorder(
-            8,
-            self.device,
-            50,
-            label_smoothing=self.cfg.label_smoothing,
-            max_grad_norm=self.cfg.max_grad_norm,
-        )
-        sink = self.sink_factory() if variant == "collapsewatch" else None
-        writer = _tensorboard_writer() if variant == "tensorboard" else None
+    def segment(self, variant: str, steps: int) -> float:
+        """Seconds per step over `steps` more steps of one long run of this variant (device work
+        included: synced at both ends). The recorder, sink and writer live across segments, as in a
+        run of thousands of steps; what only happens at a run's end is timed once, in `finish`."""
+        if variant == "collapsewatch" and self.recorder is None:
+            self.recorder = StatsRecorder(
+                8, self.device, 50, label_smoothing=self.cfg.label_smoothing, max_grad_norm=self.cfg.max_grad_norm
+            )
+            self.sink = self.sink_factory()
+        if variant == "tensorboard" and self.writer is None:
+            self.writer = _tensorboard_writer()
+        recorder, sink, writer = self.recorder, self.sink, self.writer
         _sync(self.device)
         start = time.perf_counter()
-        for s in range(steps):
+        for _ in range(steps):
             i, logits, parts, grad_norm = self._opt()
             if variant == "collapsewatch":
-                record_step(recorder, logits, parts, grad_norm, s, 0, self.cfg.lr)
+                record_step(recorder, logits, parts, grad_norm, self.step, 0, self.cfg.lr)
                 if recorder.full:
                     recorder.flush()
                 for chunk in recorder.ready():
                     sink.on_batches(chunk)
             elif variant == "tensorboard":
-                _log_like_tensorboard(writer, self.model, logits, self.t[i], parts, grad_norm, self.cfg, s)
-        if variant == "collapsewatch":  # the end of a run: last chunk, and the writer drained
-            recorder.flush()
-            for chunk in recorder.ready(wait=True):
-                sink.on_batches(chunk)
-            sink.on_end(TrainResult("completed", {}, steps, 1, 0.0, None, []))
+                _log_like_tensorboard(writer, self.model, logits, self.t[i], parts, grad_norm, self.cfg, self.step)
         _sync(self.device)
-        elapsed = time.perf_counter() - start
-        if writer is not None:
-            writer.close()
-        return elapsed / steps
+        return (time.perf_counter() - start) / steps
+
+    def finish(self) -> dict[str, float]:
+        """The end of each run, timed once (seconds): collapsewatch's last chunk and the writer drained,
+        the TensorBoard writer flushed and closed."""
+        out = {}
+        if self.recorder is not None:
+            start = time.perf_counter()
+            self.recorder.flush()
+            for chunk in self.recorder.ready(wait=True):
+                self.sink.on_batches(chunk)
+            self.sink.on_end(TrainResult("completed", {}, self.step, 1, 0.0, None, []))
+            out["collapsewatch"] = time.perf_counter() - start
+        if self.writer is not None:
+            start = time.perf_counter()
+            self.writer.close()
+            out["tensorboard"] = time.perf_counter() - start
+        return out
 
 
 def _tensorboard_writer():
@@ -134,15 +148,31 @@ def _database_sink_factory(tmp: Path) -> Callable[[], object]:
     return make
 
 
-def measure(shape: Shape, device: torch.device, steps: int, rounds: int, sink_factory) -> dict[str, float]:
+@dataclass
+class Measured:
+    seconds: dict[str, float]  # median seconds per step of each variant
+    overhead: dict[str, tuple[float, float, float]]  # vs none: median, p25, p75 of the per-round ratios - 1
+    end_of_run: dict[str, float]  # seconds, once per run
+
+
+def measure(shape: Shape, device: torch.device, steps: int, rounds: int, sink_factory) -> Measured:
+    """Rounds of short segments, the variants back to back in a rotating order: each round gives a
+    ratio against the `none` segment next to it, so a machine that drifts (a shared VM here varies
+    by 20% within minutes) moves both sides of a ratio alike."""
     bench = Bench(shape, device, sink_factory)
-    for variant in VARIANTS:  # warm-up: allocator, kernels, file handles
-        bench.run(variant, max(5, steps // 10))
+    for variant in VARIANTS:  # warm-up: allocator, kernels, file handles, the sink's writer thread
+        bench.segment(variant, max(20, steps // 2))
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
         for variant in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
-            times[variant].append(bench.run(variant, steps))
-    return {v: statistics.median(ts) for v, ts in times.items()}
+            times[variant].append(bench.segment(variant, steps))
+    end_of_run = bench.finish()
+    overhead = {}
+    for variant in VARIANTS[1:]:
+        ratios = [t / base - 1 for t, base in zip(times[variant], times["none"], strict=True)]
+        p25, p50, p75 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        overhead[variant] = (p50, p25, p75)
+    return Measured({v: statistics.median(ts) for v, ts in times.items()}, overhead, end_of_run)
 
 
 def main() -> None:
@@ -150,34 +180,42 @@ def main() -> None:
     parser.add_argument(
         "--shapes", nargs="*", help=f"default: all on CUDA, dashboard and mlp_small on CPU; {list(SHAPES)}"
     )
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200, help="steps per segment")
+    parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--sink", choices=("database", "null"), default="database")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run, not recorded")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.rounds = 30, 1
+        args.steps, args.rounds = 30, 2
     device = torch.device(args.device)
     names = args.shapes or (list(SHAPES) if device.type == "cuda" else ["dashboard", "mlp_small"])
     tmp = Path(tempfile.mkdtemp(prefix="cw-bench-"))
     factory = _database_sink_factory(tmp) if args.sink == "database" else NullSink
     lines = [
-        f"### Monitoring overhead ({machine_line(device)}; {args.steps} steps x {args.rounds} rounds, medians; "
-        f"collapsewatch's sink: {'DatabaseSink into a SQLite file' if args.sink == 'database' else 'none (NullSink)'})",
+        f"### Monitoring overhead ({machine_line(device)}; {args.rounds} rounds of {args.steps}-step segments, "
+        "the three variants back to back in a rotating order, each a single long run; collapsewatch's sink: "
+        f"{'DatabaseSink into a SQLite file' if args.sink == 'database' else 'none (NullSink)'})",
         "",
-        "| shape | no stats (ms/step) | collapsewatch | TensorBoard way | collapsewatch overhead "
-        "| TensorBoard overhead |",
-        "|---|---|---|---|---|---|",
+        "| shape | no stats (ms/step) | collapsewatch | TensorBoard way | collapsewatch overhead: median "
+        "(p25 - p75) of the rounds | TensorBoard overhead | end of run, once: collapsewatch / TensorBoard |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in names:
-        t = measure(SHAPES[name], device, args.steps, args.rounds, factory)
-        base = t["none"]
+        m = measure(SHAPES[name], device, args.steps, args.rounds, factory)
+        t, cw, tb = m.seconds, m.overhead["collapsewatch"], m.overhead["tensorboard"]
         lines.append(
-            f"| {name} | {base * 1e3:.3f} | {t['collapsewatch'] * 1e3:.3f} | {t['tensorboard'] * 1e3:.3f} "
-            f"| {100 * (t['collapsewatch'] / base - 1):+.1f}% | {100 * (t['tensorboard'] / base - 1):+.1f}% |"
+            f"| {name} | {t['none'] * 1e3:.3f} | {t['collapsewatch'] * 1e3:.3f} | {t['tensorboard'] * 1e3:.3f} "
+            f"| {100 * cw[0]:+.1f}% ({100 * cw[1]:+.1f}% - {100 * cw[2]:+.1f}%) | {100 * tb[0]:+.1f}% "
+            f"| {1e3 * m.end_of_run['collapsewatch']:.1f} ms / {1e3 * m.end_of_run['tensorboard']:.1f} ms |"
         )
         print(lines[-1], flush=True)
+    lines += [
+        "",
+        "Overhead: per round, a variant's segment time over the `none` segment run next to it, minus 1; the "
+        "median of those ratios. End of run: collapsewatch's last chunk computed and the writer drained and "
+        "committed (`on_end` returned); TensorBoard's `SummaryWriter.close()`.",
+    ]
     if not args.quick:
         append_results(lines)
 

@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from factories import add_run, make_chunk, make_warning, wait_until
 from fastapi.testclient import TestClient
@@ -49,12 +50,15 @@ def test_an_old_database_is_upgraded_and_keeps_its_runs(tmp_path: Path) -> None:
             (__import__("json").dumps(preset("fixed").to_dict()),),
         )
         conn.executemany(
-            "INSERT INTO batchstat VALUES (1, ?, 0, 0, ?, ?, ?)", [(s, b"", 2.0 - s / 10, 1.5) for s in range(3)]
+            "INSERT INTO batchstat VALUES (1, ?, 0, ?, ?, ?, ?)",
+            [(s, 0, b"", 2.0 - s / 10, 1.5) for s in range(3)]
+            # a NaN loss: NULL with its bit set (that version's bits follow BATCH_COLUMNS)
+            + [(3, 1 << BATCH_COLUMNS.index("loss"), np.arange(8, dtype=np.float32).tobytes(), None, 1.25)],
         )
     settings = Settings(database_url=f"sqlite:///{path}", data_dir=tmp_path / "data", workers=0)
     app = create_app(settings)
-    columns = {c["name"] for c in inspect(app.state.engine).get_columns("batchstat")}
-    assert columns >= set(BATCH_COLUMNS)
+    # the per-batch table of that version became chunks of packed arrays
+    assert not inspect(app.state.engine).has_table("batchstat")
     assert {c["name"] for c in inspect(app.state.engine).get_columns("run")} >= {"latest", "parent_id", "info"}
     with TestClient(app) as client:
         (item,) = client.get("/api/runs").json()["items"]
@@ -62,16 +66,25 @@ def test_an_old_database_is_upgraded_and_keeps_its_runs(tmp_path: Path) -> None:
         assert item["finished_at"].startswith("2024-05-01T10:05:00")
         assert client.get("/api/runs/1").json()["config"] == preset("fixed").to_dict()
         stats = client.get("/api/runs/1/stats").json()
-        assert stats["steps"] == [0, 1, 2] and stats["columns"]["loss"] == [2.0, 1.9, 1.8]
-        # a statistic the old version did not record is null, not NaN
-        assert stats["columns"]["logit_max"] == [None] * 3 and stats["nonfinite"] == {}
+        assert stats["steps"] == [0, 1, 2, 3] and stats["columns"]["loss"] == [2.0, 1.9, 1.8, None]
+        assert stats["columns"]["entropy_mean"] == [1.5, 1.5, 1.5, 1.25]
+        assert stats["class_hist"][3] == list(range(8)) and stats["class_hist"][0] == [0.0] * 8
+        # a statistic the old version did not record is null, not NaN; its NaN loss stays a NaN
+        assert stats["columns"]["logit_max"] == [None] * 4 and stats["nonfinite"] == {"loss": [[3, "NaN"]]}
         assert client.post("/api/runs", json={}).status_code == 201
     assert init_db(app.state.engine) == []  # a second start has nothing left to add
 
 
 def _count_rows(engine: Engine) -> int:
+    """Batches stored (chunk rows hold many)."""
     with engine.connect() as conn:
-        return int(conn.execute(text("SELECT COUNT(*) FROM batchstat")).scalar_one())
+        return int(conn.execute(text("SELECT COALESCE(SUM(rows), 0) FROM statchunk")).scalar_one())
+
+
+def _stored(engine: Engine) -> tuple[int, int]:
+    """(batches, last step) over every stored chunk."""
+    with engine.connect() as conn:
+        return tuple(conn.execute(text("SELECT SUM(rows), MAX(last_step) FROM statchunk")).one())
 
 
 def test_the_sink_never_blocks_training_and_writes_in_few_transactions(settings: Settings, engine: Engine) -> None:
@@ -91,8 +104,8 @@ def test_the_sink_never_blocks_training_and_writes_in_few_transactions(settings:
     sink.close()
     assert sink.error is None
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT COUNT(*), MAX(step) FROM batchstat")).one() == (10_000, 9_999)
         assert conn.execute(text("SELECT steps, last_step FROM run")).one() == (10_000, 9_999)
+    assert _stored(engine) == (10_000, 9_999)
     assert len(commits) <= 3, f"{len(commits)} transactions for 200 chunks"
 
 
@@ -113,8 +126,8 @@ def test_a_writer_far_behind_catches_up_in_bounded_transactions(
     blocker.close()
     sink.close()
     assert sink.error is None
+    assert _stored(engine) == (10_000, 9_999)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT COUNT(*), MAX(step) FROM batchstat")).one() == (10_000, 9_999)
         # the rollup carries its partial blocks across writes: every complete block exists
         assert conn.execute(text("SELECT COUNT(*) FROM statblock")).scalar_one() == 625 + 39 + 2
     assert 10 <= len(commits) <= 12, f"{len(commits)} transactions for 10,000 rows capped at 1,000 each"

@@ -86,5 +86,5 @@ def test_deleting_a_running_run_stops_its_worker_and_leaves_nothing(client: Test
         assert worker.thread.is_alive()
     assert client.get(f"/api/runs/{run_id}").status_code == 404
     with engine.connect() as conn:
-        for table in ("batchstat", "statblock", "evalstat", "runwarning"):
+        for table in ("statchunk", "statblock", "evalstat", "runwarning"):
             assert conn.execute(text(f"SELECT COUNT(*) FROM {table} WHERE run_id = :r"), {"r": run_id}).scalar() == 0

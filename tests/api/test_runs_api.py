@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from app.models import BatchStat, RunWarning, StatBlock
+from app.models import RunWarning, StatBlock, StatChunk
 from trainer import BATCH_COLUMNS, preset
 
 
@@ -105,7 +105,7 @@ def test_delete_removes_the_run_with_all_its_records(client: TestClient, engine:
     assert client.delete(f"/api/runs/{gone}").status_code == 204
     assert client.get(f"/api/runs/{gone}").status_code == 404
     with Session(engine) as session:
-        for table in (BatchStat, StatBlock, RunWarning):
+        for table in (StatChunk, StatBlock, RunWarning):
             counts = dict(session.exec(select(table.run_id, func.count()).group_by(table.run_id)).all())
             assert gone not in counts and counts[keep] > 0, table.__name__
     assert client.get(f"/api/runs/{keep}/stats").json()["steps"] == list(range(40))
