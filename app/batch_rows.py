@@ -21,7 +21,9 @@ _BIT = {name: i for i, name in enumerate(BATCH_COLUMNS)}
 CHUNK_COLUMNS = (
     "run_id", "first_step", "last_step", "rows", "num_classes", "columns", "steps", "epochs", "values", "class_hist",
 )  # fmt: skip
-BLOCK_COLUMNS = ("run_id", "level", "first_step", "last_step", "first_epoch", "last_epoch", "rows", "nan_any", "stats")
+BLOCK_COLUMNS = (
+    "run_id", "level", "first_step", "last_step", "first_epoch", "last_epoch", "rows", "nan_any", "stats", "hist",
+)  # fmt: skip
 
 
 def insert_sql(engine: Engine, table: str, names: tuple[str, ...]) -> str:

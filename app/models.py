@@ -113,6 +113,7 @@ class StatBlock(SQLModel, table=True):
     rows: int
     nan_any: int = Field(sa_type=BigInteger)  # bit i: BATCH_COLUMNS[i] was NaN somewhere in the block
     stats: bytes = Field(sa_type=LargeBinary)  # float64 (4, K): min, max, step of min, step of max
+    hist: bytes | None = Field(default=None, sa_type=LargeBinary)  # float64 (C,): sum of class shares
 
 
 class EvalStat(SQLModel, table=True):
@@ -229,7 +230,9 @@ class StatsPublic(SQLModel):
     columns: dict[str, list[float | None]]
     steps: list[int]
     epochs: list[int]
-    class_hist: list[list[float]]
+    # per point, predicted-class shares: of that batch, or, downsampled, the mean over its bucket
+    # (null where a bucket's blocks were written by a version that did not keep them)
+    class_hist: list[list[float | None]]
     last_step: int  # the last step the database holds for the run (-1: none yet)
     downsampled: bool
     bucket_size: int  # steps per bucket (1 when not downsampled)

@@ -1,13 +1,14 @@
 """Min/max summaries of consecutive batches, so a chart of a million batches reads thousands of rows.
 
 A `Segments` holds, per stretch of batches, each column's min and max and the steps where they
-occur. The sink rolls rows up into blocks of 16, 256 and 4096 batches as it writes them
-(`Rollup`); the stats endpoint merges blocks and raw rows into chart buckets with `combine`.
+occur, and the sum of the batches' predicted-class shares (so a chart bucket shows their mean).
+The sink rolls rows up into blocks of 16, 256 and 4096 batches as it writes them (`Rollup`); the
+stats endpoint merges blocks and raw rows into chart buckets with `combine`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class Segments:
     maxs: np.ndarray  # (S, K)
     argmin: np.ndarray  # (S, K) int64 step of the (first) minimum
     argmax: np.ndarray  # (S, K) int64 step of the (first) maximum
+    hist: np.ndarray  # (S, C) float64 sum of the batches' class shares; NaN where not stored
 
     def __len__(self) -> int:
         return len(self.first_step)
@@ -47,6 +49,8 @@ class Segments:
         parts = [p for p in parts if len(p)]
         if not parts:
             return empty_segments(k)
+        c = max(p.hist.shape[1] for p in parts)  # blocks of an older version have no histogram
+        parts = [p if p.hist.shape[1] == c else replace(p, hist=np.full((len(p), c), np.nan)) for p in parts]
         return Segments(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
 
 
@@ -61,18 +65,30 @@ _FIELDS = (
     "maxs",
     "argmin",
     "argmax",
+    "hist",
 )
 
 
 def empty_segments(k: int) -> Segments:
     ints = np.zeros(0, np.int64)
     return Segments(
-        ints, ints, ints, ints, ints, ints, np.zeros((0, k)), np.zeros((0, k)), *[np.zeros((0, k), np.int64)] * 2
+        ints,
+        ints,
+        ints,
+        ints,
+        ints,
+        ints,
+        np.zeros((0, k)),
+        np.zeros((0, k)),
+        *[np.zeros((0, k), np.int64)] * 2,
+        np.zeros((0, 0)),
     )
 
 
-def from_rows(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, nan_mask: np.ndarray) -> Segments:
-    """Every row its own stretch: min = max = the value, at its own step."""
+def from_rows(
+    steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, nan_mask: np.ndarray, hists: np.ndarray
+) -> Segments:
+    """Every row its own stretch: min = max = the value, at its own step; hists (N, C) class shares."""
     steps = np.asarray(steps, np.int64)
     epochs = np.asarray(epochs, np.int64)
     values = np.asarray(values, np.float64)
@@ -88,6 +104,7 @@ def from_rows(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, nan_mas
         values,
         at,
         at.copy(),
+        np.asarray(hists, np.float64).reshape(len(steps), np.shape(hists)[-1] if np.ndim(hists) == 2 else 0),
     )
 
 
@@ -117,6 +134,7 @@ def combine(seg: Segments, group: np.ndarray) -> Segments:
         maxs=maxs,
         argmin=argmin,
         argmax=argmax,
+        hist=np.add.reduceat(seg.hist, starts, axis=0) if seg.hist.shape[1] else np.zeros((len(starts), 0)),
     )
 
 
@@ -137,7 +155,24 @@ def decode_stats(blobs: list[bytes], k: int) -> tuple[np.ndarray, np.ndarray, np
     return out[:, 0], out[:, 1], steps[:, 0], steps[:, 1]
 
 
-def block_rows(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, masks: np.ndarray) -> Segments:
+def encode_hists(seg: Segments) -> list[bytes]:
+    """One blob per stretch: float64 (C,) sums of class shares."""
+    return [row.tobytes() for row in np.ascontiguousarray(seg.hist, dtype=np.float64)]
+
+
+def decode_hists(blobs: list[bytes | None]) -> np.ndarray:
+    """Inverse of `encode_hists`: (S, C), NaN rows for blocks written without one (an older version)."""
+    c = max((len(b or b"") // 8 for b in blobs), default=0)
+    out = np.full((len(blobs), c), np.nan)
+    for i, blob in enumerate(blobs):
+        if blob and len(blob) // 8 == c:
+            out[i] = np.frombuffer(blob, dtype=np.float64)
+    return out
+
+
+def block_rows(
+    steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, masks: np.ndarray, hists: np.ndarray
+) -> Segments:
     """Consecutive groups of FANOUT rows (len(steps) a multiple of it) as stretches, by reshaping:
     several times cheaper than `combine` over one-row stretches, and this runs on every write."""
     nb, k = len(steps) // FANOUT, values.shape[1]
@@ -159,6 +194,7 @@ def block_rows(steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, masks:
         maxs=np.fmax.reduce(v, axis=1),
         argmin=argmin,
         argmax=argmax,
+        hist=hists.reshape(nb, FANOUT, -1).sum(axis=1),
     )
 
 
@@ -166,19 +202,22 @@ class Rollup:
     """Turns a run's rows, from its first, into complete blocks at every level; incomplete ones wait
     in memory (lost with the process, which is fine: readers fall back to finer blocks and raw rows)."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, c: int) -> None:
         self.k = k
-        self.rows = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, k)), np.zeros(0, np.int64))
+        self.rows = (
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, k)), np.zeros(0, np.int64), np.zeros((0, c))
+        )  # fmt: skip
         self.emitted = [0] * LEVELS  # blocks written so far, per level
         self.pending = [empty_segments(k) for _ in range(LEVELS)]  # [level]: blocks of level - 1
 
     def add(
-        self, steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, masks: np.ndarray
+        self, steps: np.ndarray, epochs: np.ndarray, values: np.ndarray, masks: np.ndarray, hists: np.ndarray
     ) -> list[tuple[int, Segments]]:
-        """Feed the next rows (all BATCH_COLUMNS, NaN kept); returns the (level, blocks) they complete."""
+        """Feed the next rows (all BATCH_COLUMNS, NaN kept; class shares (N, C)); returns the (level,
+        blocks) they complete."""
         rows = [
             np.concatenate([old, np.asarray(new, old.dtype)])
-            for old, new in zip(self.rows, (steps, epochs, values, masks), strict=True)
+            for old, new in zip(self.rows, (steps, epochs, values, masks, hists), strict=True)
         ]
         n = len(rows[0]) // FANOUT * FANOUT
         self.rows = tuple(a[n:] for a in rows)  # type: ignore[assignment]

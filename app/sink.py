@@ -32,7 +32,7 @@ from app.batch_rows import (
     nan_masks,
 )
 from app.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
-from app.rollup import Rollup, Segments, encode_stats
+from app.rollup import Rollup, Segments, encode_hists, encode_stats
 from app.values import finite_or_none, to_json_safe
 from trainer import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
 
@@ -165,13 +165,16 @@ class DatabaseSink:
             self._rows_before = int(conn.execute(select(Run.steps).where(Run.id == self.run_id)).scalar() or 0)
             # blocks must cover a prefix of the run's rows (app/stats.py relies on it): a sink that
             # joins a run with rows already written leaves its rows to be read raw
-            self._rollup = Rollup(len(BATCH_COLUMNS)) if self._rows_before == 0 else None
+            width = chunks[0].class_hist.shape[1]
+            self._rollup = Rollup(len(BATCH_COLUMNS), width) if self._rows_before == 0 else None
         n = 0
         for chunk in merge_chunks(chunks):
             executemany(conn, self._chunk_sql, chunk_rows(self.run_id, chunk))
             n += len(chunk)
             if self._rollup is not None:
-                done = self._rollup.add(chunk.steps, chunk.epochs, full_values(chunk), nan_masks(chunk))
+                done = self._rollup.add(
+                    chunk.steps, chunk.epochs, full_values(chunk), nan_masks(chunk), chunk.class_hist
+                )
                 self._write_blocks(conn, done)
         last = chunks[-1]
         latest = {name: finite_or_none(v) for name, v in zip(last.columns, last.values[-1].tolist(), strict=True)}
@@ -193,6 +196,7 @@ class DatabaseSink:
                 seg.rows.tolist(),
                 seg.nan_any.tolist(),
                 encode_stats(seg),
+                encode_hists(seg),
                 strict=True,
             )
         ]

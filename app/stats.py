@@ -17,11 +17,10 @@ from sqlmodel import Session
 from app.batch_rows import Batches, decode_chunks
 from app.errors import InputError
 from app.models import StatBlock, StatChunk, StatsPublic
-from app.rollup import LEVELS, Segments, combine, decode_stats, from_rows, level_rows
+from app.rollup import LEVELS, Segments, combine, decode_hists, decode_stats, from_rows, level_rows
 from trainer import BATCH_COLUMNS
 
 _BIT = {name: i for i, name in enumerate(BATCH_COLUMNS)}
-_IN_BATCH = 500  # values per IN (...) lookup: far below every database's parameter limit
 
 
 class RunRef(Protocol):
@@ -144,6 +143,9 @@ def _downsampled_stats(
     flags = np.stack([has_nan, has_nan], axis=1)[keep]  # consulted only where a value is not finite
     columns, nonfinite = _columns_out(names, values, flags)
     step_list = steps.tolist()
+    # the heatmap's column for a bucket: the mean predicted-class shares of its batches (both points)
+    means = np.round(buckets.hist / np.maximum(buckets.rows, 1)[:, None], 6)
+    hist_lists = np.stack([means, means], axis=1)[keep]  # (P, C)
     return StatsPublic.model_construct(
         run_id=run_id,
         status=run.status,
@@ -151,7 +153,9 @@ def _downsampled_stats(
         nonfinite=nonfinite,
         steps=step_list,
         epochs=epochs.tolist(),
-        class_hist=_hists_at(conn, run_id, step_list),
+        class_hist=[[None if math.isnan(v) else v for v in row] for row in hist_lists.tolist()]
+        if np.isnan(hist_lists).any()
+        else hist_lists.tolist(),
         last_step=step_list[-1] if step_list else since_step,
         downsampled=True,
         bucket_size=math.ceil(per_bucket),
@@ -176,8 +180,9 @@ def _cover(conn: Connection, run_id: int, since_step: int, start_level: int, nam
             next_gaps += [(lo, int(blocks.first_step[0]) - 1), (int(blocks.last_step[-1]), hi)]
         gaps = [(lo, hi) for lo, hi in next_gaps if hi is None or hi > lo]
     for lo, hi in gaps:
-        raw = _read(conn, run_id, lo, hi, names, None, hist=False)
-        parts.append(from_rows(raw.steps, raw.epochs, raw.values, raw.nan_masks(names)))
+        raw = _read(conn, run_id, lo, hi, names, None, hist=True)
+        hists = np.concatenate(raw.hists) if raw.hists else np.zeros((0, 0))
+        parts.append(from_rows(raw.steps, raw.epochs, raw.values, raw.nan_masks(names), hists))
     seg = Segments.concat(parts, len(names))
     return seg.take(np.argsort(seg.first_step, kind="stable"))
 
@@ -185,14 +190,15 @@ def _cover(conn: Connection, run_id: int, since_step: int, start_level: int, nam
 def _blocks(conn: Connection, run_id: int, level: int, lo: int, hi: int | None, index: np.ndarray) -> Segments:
     t = StatBlock.__table__
     query = select(
-        t.c.first_step, t.c.last_step, t.c.first_epoch, t.c.last_epoch, t.c.rows, t.c.nan_any, t.c.stats
+        t.c.first_step, t.c.last_step, t.c.first_epoch, t.c.last_epoch, t.c.rows, t.c.nan_any, t.c.stats, t.c.hist
     ).where(t.c.run_id == run_id, t.c.level == level, t.c.first_step > lo)
     if hi is not None:
         query = query.where(t.c.first_step <= hi, t.c.last_step <= hi)
     rows = conn.execute(query.order_by(t.c.first_step)).all()
     ints = np.array([r[:6] for r in rows], dtype=np.int64).reshape(len(rows), 6)
     mins, maxs, argmin, argmax = decode_stats([r[6] for r in rows], len(BATCH_COLUMNS))
-    return Segments(*ints.T, mins[:, index], maxs[:, index], argmin[:, index], argmax[:, index])
+    hist = decode_hists([r[7] for r in rows])
+    return Segments(*ints.T, mins[:, index], maxs[:, index], argmin[:, index], argmax[:, index], hist)
 
 
 def _columns_out(
@@ -221,31 +227,3 @@ def _hist_lists(hists: list[np.ndarray]) -> list[list[float]]:
     for h in hists:
         out += np.round(h.astype(np.float64), 6).tolist()
     return out
-
-
-def _hists_at(conn: Connection, run_id: int, steps: list[int]) -> list[list[float]]:
-    """The class histogram of each of `steps` (ascending, recorded batches): the chunks that hold
-    them found from the run's chunk index, then only those chunks' histograms read."""
-    t = StatChunk.__table__
-    if not steps:
-        return []
-    firsts = np.array(
-        conn.execute(select(t.c.first_step).where(t.c.run_id == run_id).order_by(t.c.first_step)).scalars().all(),
-        dtype=np.int64,
-    )
-    wanted = np.asarray(steps, dtype=np.int64)
-    holder = firsts[np.clip(np.searchsorted(firsts, wanted, side="right") - 1, 0, None)] if len(firsts) else wanted
-    found: dict[int, list[float]] = {}
-    needed = np.unique(holder).tolist()
-    for i in range(0, len(needed), _IN_BATCH):
-        query = select(t.c.rows, t.c.steps, t.c.class_hist).where(
-            t.c.run_id == run_id, t.c.first_step.in_(needed[i : i + _IN_BATCH])
-        )
-        for n, steps_blob, hist_blob in conn.execute(query).all():
-            chunk_steps = np.frombuffer(steps_blob, dtype=np.int64)
-            at = np.flatnonzero(np.isin(chunk_steps, wanted))
-            if not len(at) or not hist_blob:
-                continue
-            hists = np.frombuffer(hist_blob, dtype=np.float32).reshape(n, -1)[at]
-            found.update(zip(chunk_steps[at].tolist(), np.round(hists.astype(np.float64), 6).tolist(), strict=True))
-    return [found.get(s, []) for s in steps]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from factories import add_run, make_chunk, make_eval, make_warning, write_stats
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
@@ -58,6 +59,28 @@ def test_downsampling_keeps_a_planted_spike_and_dip(client: TestClient, engine: 
         assert stats["steps"][dip_at - dip_at % 2] <= dip_step <= stats["steps"][dip_at - dip_at % 2 + 1]
         _check_buckets(stats, *_concat(chunks))
         assert len(stats["class_hist"]) == len(stats["steps"]) and len(stats["class_hist"][0]) == 8
+
+
+def test_a_downsampled_histogram_is_the_mean_of_its_bucket(client: TestClient, engine: Engine) -> None:
+    """Each point's class shares are the mean over its bucket's batches, from blocks and raw rows alike."""
+    run_id = add_run(engine)
+    chunks = [make_chunk(start, 100) for start in range(0, 10_000, 100)]
+    hists = np.concatenate([c.class_hist for c in chunks])
+    hists[:] = 0.0
+    hists[:6050, 0] = 1.0  # class 0 for the first 6,050 batches (inside a block at every level), then 3
+    hists[6050:, 3] = 1.0
+    for i, chunk in enumerate(chunks):
+        chunk.class_hist[:] = hists[100 * i : 100 * (i + 1)]
+    write_stats(engine, run_id, chunks[:-1], flush_every=5)
+    write_stats(engine, run_id, chunks[-1:])  # a second sink: its rows have no blocks, read raw
+    for max_points in (300, 40, 8):
+        stats = client.get(f"/api/runs/{run_id}/stats", params={"max_points": max_points}).json()
+        steps = stats["steps"]
+        for i in range(0, len(steps), 2):  # a bucket's two points: its first and last step
+            lo, hi = steps[i], steps[min(i + 1, len(steps) - 1)]
+            expected = hists[lo : hi + 1].mean(axis=0)
+            assert stats["class_hist"][i] == pytest.approx(expected.tolist(), abs=1e-6), (max_points, lo, hi)
+        assert stats["class_hist"][0][0] == 1.0 and stats["class_hist"][-1][3] == 1.0
 
 
 def test_downsampling_after_since_step_and_without_summaries(client: TestClient, engine: Engine) -> None:
