@@ -49,7 +49,11 @@ def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     # open event streams would hold a graceful shutdown forever: give them a few seconds
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=3)
+    # keep-alive 65 s instead of uvicorn's 5: a client that reuses a pooled connection just as the
+    # server closes it sees a reset (httpx: ReadError); idle tabs and scripts hit that far less often
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, timeout_graceful_shutdown=3, timeout_keep_alive=65
+    )
     # uvicorn handles SIGINT/SIGTERM (the lifespan then stops the workers) and re-raises the signal
     # afterwards: a handler of our own turns that into a normal exit with interpreter cleanup
     signal.signal(signal.SIGTERM, _exit_normally)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sqlite3
 import tempfile
@@ -159,6 +160,13 @@ def main() -> None:
     parser.add_argument("--chromium", type=int, default=1, choices=(0, 1), help="real Chromium tabs alongside")
     parser.add_argument("--min-epochs", type=int, default=40)
     parser.add_argument("--max-epochs", type=int, default=80)
+    parser.add_argument(
+        "--clients-nice",
+        type=int,
+        default=0,
+        help="nice level of the clients and Chromium (the server stays at 0, its workers at 10): as if the "
+        "browsers were on other machines, which the 2 cores here cannot show otherwise",
+    )
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -167,6 +175,8 @@ def main() -> None:
     db, log = tmp / "cw.db", tmp / "server.log"
     tally, facts = Tally(), {"load_before": load_average(), "chromium": {}}
     with serve(db, log, workers=args.workers) as server:
+        if args.clients_nice:
+            os.nice(args.clients_nice)  # this thread, and what it starts from now on; not the server
         started, cpu_before = time.monotonic(), cpu_seconds(server.pid)
         out = facts["chromium"]
         tab = threading.Thread(target=watch_in_chromium, args=(server.base, tally, args.seconds, out), daemon=True)
@@ -197,7 +207,12 @@ def report(args: argparse.Namespace, tally: Tally, facts: dict[str, Any], record
         f"{args.seconds:.0f} s ({facts['queued']} queued; afterwards {len(facts['cancelled'])} still queued were "
         f"cancelled and the running ones finished); {args.tabs} httpx clients as dashboard tabs (GET /api/runs "
         "every 2 s; per run page GET stats?max_points=2000, evals, warnings, then its SSE stream; re-attach when "
-        f"the run ends); {args.chromium} real Chromium tab on run pages alongside.",
+        f"the run ends); {args.chromium} real Chromium tab on run pages alongside"
+        + (
+            f"; the clients and Chromium at nice {args.clients_nice} (the server at 0, its workers at 10)."
+            if args.clients_nice
+            else "; clients, Chromium and the server at the same priority (the workers at nice 10)."
+        ),
         "",
         "| endpoint class | requests | seen by the client: p50 / p95 / max (ms) "
         "| in the server (Server-Timing): p50 / p95 / max (ms) |",
