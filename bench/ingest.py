@@ -259,7 +259,8 @@ def main() -> None:
         "is the backlog the writer still had when training ended.",
     ]
     print("\n".join(lines), flush=True)
-    append_results(lines)
+    if not args.quick:  # a smoke run is not a result
+        append_results(lines)
 
 
 if __name__ == "__main__":

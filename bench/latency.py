@@ -207,10 +207,10 @@ def main() -> None:
         engine = make_engine(f"sqlite:///{db}")
         phases = [run_phase(engine, server.base, browser, rate, epochs) for rate in rates]
         engine.dispose()
-    report(phases, load_before, load_average(), cfg)
+    report(phases, load_before, load_average(), cfg, record=not args.quick)
 
 
-def report(phases: list[Phase], load_before: str, load_after: str, cfg: Any) -> None:
+def report(phases: list[Phase], load_before: str, load_after: str, cfg: Any, record: bool) -> None:
     lines = [
         "### Live latency: trainer → SQLite → SSE → Chromium chart (bench/latency.py)",
         "",
@@ -254,7 +254,8 @@ def report(phases: list[Phase], load_before: str, load_after: str, cfg: Any) -> 
     if bad:
         lines.append(f"Problems: {'; '.join(bad)}")
     print("\n".join(lines))
-    append_results(lines)
+    if record:  # a smoke run is not a result
+        append_results(lines)
 
 
 if __name__ == "__main__":

@@ -255,7 +255,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = report(args, write_s, api, pages, (f"{load_before:.2f}", f"{os.getloadavg()[0]:.2f}"))
     print("\n".join(lines), flush=True)
-    append_results(lines)
+    if not args.quick:  # a smoke run is not a result
+        append_results(lines)
 
 
 if __name__ == "__main__":
