@@ -148,3 +148,32 @@ def test_bad_stats_queries_are_422s_naming_the_parameter(client: TestClient, eng
     assert error["loc"] == ["query", "columns"] and "entrpy" in error["msg"]
     response = client.get(f"/api/runs/{run_id}/stats", params={"max_points": 1})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "max_points"]
+
+
+def test_raw_reads_cut_chunks_at_since_until_and_limit(engine: Engine) -> None:
+    """Raw batches come from chunks of up to 1,024: a read starting, ending or stopping inside one
+    returns exactly the batches asked for, in order (the event stream catches up this way)."""
+    from sqlmodel import Session
+
+    from app import crud
+
+    run_id = add_run(engine)
+    chunks = [make_chunk(start, 500) for start in range(0, 3000, 500)]
+    write_stats(engine, run_id, chunks)  # one write: merged, then stored as 1,024 + 1,024 + 952
+    with engine.connect() as conn:
+        sizes = [n for (n,) in conn.execute(text("SELECT rows FROM statchunk ORDER BY first_step"))]
+    assert sizes == [1024, 1024, 952]
+    _, values = _concat(chunks)
+    loss = values[:, BATCH_COLUMNS.index("loss")]
+    with Session(engine) as session:
+        run = crud.get_run(session=session, run_id=run_id)
+        for since, until, limit in ((100, None, 1500), (-1, 2000, None), (1023, 1024, None), (2999, None, 10)):
+            stats = crud.get_stats(session=session, run=run, since_step=since, until_step=until, limit=limit)
+            hi = 2999 if until is None else until
+            expected = list(range(since + 1, hi + 1))[:limit]
+            assert stats.steps == expected, (since, until, limit)
+            assert stats.columns["loss"] == pytest.approx(loss[expected].tolist())
+            assert len(stats.class_hist) == len(expected)
+        assert crud.get_stats(session=session, run=run, since_step=1500, max_points=5000).steps == list(
+            range(1501, 3000)
+        )
