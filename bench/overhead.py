@@ -184,18 +184,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--sink", choices=("database", "null"), default="database")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch's intra-op threads (0: torch's default); `serve` gives each of its workers "
+        "cores // workers, so 1 with the default 2 workers on 2 cores",
+    )
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run, not recorded")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.rounds = 30, 2
     device = torch.device(args.device)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     names = args.shapes or (list(SHAPES) if device.type == "cuda" else ["dashboard", "mlp_small"])
     tmp = Path(tempfile.mkdtemp(prefix="cw-bench-"))
     factory = _database_sink_factory(tmp) if args.sink == "database" else NullSink
     lines = [
         f"### Monitoring overhead ({machine_line(device)}; {args.rounds} rounds of {args.steps}-step segments, "
         "the three variants back to back in a rotating order, each a single long run; collapsewatch's sink: "
-        f"{'DatabaseSink into a SQLite file' if args.sink == 'database' else 'none (NullSink)'})",
+        f"{'DatabaseSink into a SQLite file' if args.sink == 'database' else 'none (NullSink)'}; "
+        f"{torch.get_num_threads()} torch threads)",
         "",
         "| shape | no stats (ms/step) | collapsewatch | TensorBoard way | collapsewatch overhead: median "
         "(p25 - p75) of the rounds | TensorBoard overhead | end of run, once: collapsewatch / TensorBoard |",
