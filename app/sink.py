@@ -108,7 +108,7 @@ class DatabaseSink:
             rows = _batch_rows(items[0])
             deadline = last_write + self.write_interval
             # gather until the interval since the last write is over, or something must go out now;
-            # capped: one huge write would hold every row as Python objects at once
+            # capped: a writer far behind commits in bounded steps, holding the write lock briefly each time
             while rows < MAX_ROWS_PER_WRITE and not _urgent(items[-1]):
                 wait = deadline - time.monotonic()
                 try:
