@@ -19,7 +19,7 @@ CHUNK_ROWS = 1024
 _BIT = {name: i for i, name in enumerate(BATCH_COLUMNS)}
 
 CHUNK_COLUMNS = (
-    "run_id", "first_step", "last_step", "rows", "num_classes", "columns", "steps", "epochs", "values", "class_hist",
+    "run_id", "first_step", "last_step", "rows", "columns", "steps", "epochs", "values", "class_hist",
 )  # fmt: skip
 BLOCK_COLUMNS = (
     "run_id", "level", "first_step", "last_step", "first_epoch", "last_epoch", "rows", "nan_any", "stats", "hist",
@@ -49,7 +49,6 @@ def chunk_rows(run_id: int, chunk: BatchChunk) -> Iterator[tuple[Any, ...]]:
             int(steps[lo]),
             int(steps[hi - 1]),
             hi - lo,
-            hist.shape[1],
             names,
             steps[lo:hi].tobytes(),
             epochs[lo:hi].tobytes(),
@@ -74,8 +73,15 @@ class Batches:
 
     def nan_masks(self, names: list[str]) -> np.ndarray:
         """Per batch, bit BATCH_COLUMNS.index(name) set where that statistic is a recorded NaN."""
-        bits = np.array([1 << _BIT[n] for n in names], dtype=np.int64)
-        return (self.nan * bits).sum(axis=1) if names else np.zeros(len(self), np.int64)
+        return _masks(self.nan, names)
+
+    def hist_array(self) -> np.ndarray:
+        """The class shares as one (N, C) array; chunks without them (converted from the oldest
+        databases) are NaN."""
+        if not self.hists:
+            return np.zeros((len(self), 0))
+        c = max(h.shape[1] for h in self.hists)
+        return np.concatenate([h if h.shape[1] == c else np.full((len(h), c), np.nan) for h in self.hists])
 
 
 def decode_chunks(
@@ -157,10 +163,14 @@ def full_values(chunk: BatchChunk) -> np.ndarray:
 def nan_masks(chunk: BatchChunk) -> np.ndarray:
     """Per batch, bit i set where BATCH_COLUMNS[i] is a recorded NaN (what the rollup keeps)."""
     keep = [j for j, name in enumerate(chunk.columns) if name in _BIT]
-    bits = np.array([1 << _BIT[chunk.columns[j]] for j in keep], dtype=np.int64)
-    if not keep:
-        return np.zeros(len(chunk), np.int64)
-    return (np.isnan(np.asarray(chunk.values, dtype=np.float64)[:, keep]) * bits).sum(axis=1)
+    nan = np.isnan(np.asarray(chunk.values, dtype=np.float64)[:, keep])
+    return _masks(nan, [chunk.columns[j] for j in keep])
+
+
+def _masks(nan: np.ndarray, names: list[str]) -> np.ndarray:
+    """(N, K) NaN flags over `names` as one int64 bitmask per row, bit i for BATCH_COLUMNS[i]."""
+    bits = np.array([1 << _BIT[n] for n in names], dtype=np.int64)
+    return (nan * bits).sum(axis=1) if names else np.zeros(len(nan), np.int64)
 
 
 def merge_chunks(chunks: list[BatchChunk]) -> list[BatchChunk]:

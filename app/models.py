@@ -85,14 +85,13 @@ class StatChunk(SQLModel, table=True):
     `columns` names the statistics the chunk holds, comma-separated, in the order of `values`:
     float64 (len(columns), rows), row-major, so one statistic is one contiguous slice. NaN and
     infinities are stored as they are; a statistic missing from `columns` was not recorded. `steps`
-    and `epochs` are int64 (rows,), `class_hist` float32 (rows, num_classes) shares.
+    and `epochs` are int64 (rows,), `class_hist` float32 (rows, classes) shares.
     """
 
     run_id: int = Field(foreign_key="run.id", primary_key=True, ondelete="CASCADE")
     first_step: int = Field(primary_key=True, sa_type=BigInteger)
     last_step: int = Field(sa_type=BigInteger)
     rows: int
-    num_classes: int
     columns: str = Field(sa_type=Text)
     steps: bytes = Field(sa_type=LargeBinary)
     epochs: bytes = Field(sa_type=LargeBinary)

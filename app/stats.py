@@ -181,8 +181,7 @@ def _cover(conn: Connection, run_id: int, since_step: int, start_level: int, nam
         gaps = [(lo, hi) for lo, hi in next_gaps if hi is None or hi > lo]
     for lo, hi in gaps:
         raw = _read(conn, run_id, lo, hi, names, None, hist=True)
-        hists = np.concatenate(raw.hists) if raw.hists else np.zeros((0, 0))
-        parts.append(from_rows(raw.steps, raw.epochs, raw.values, raw.nan_masks(names), hists))
+        parts.append(from_rows(raw.steps, raw.epochs, raw.values, raw.nan_masks(names), raw.hist_array()))
     seg = Segments.concat(parts, len(names))
     return seg.take(np.argsort(seg.first_step, kind="stable"))
 

@@ -107,22 +107,19 @@ def _page_lags(rec: dict[str, Any]) -> list[float]:
 def check_rows(db: Path) -> tuple[list[str], dict[str, int]]:
     """Compare each run's stored rows with what its trainer trained; problems and counts by status."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    rows = {}  # run id -> (batches stored, first step, last step); steps decoded, so a duplicate or a hole shows
+    stored: dict[int, list[np.ndarray]] = {}  # run id -> its chunks' steps, decoded: a hole or a repeat shows
     for run_id, blob in con.execute("SELECT run_id, steps FROM statchunk ORDER BY run_id, first_step"):
-        count, lo, hi = rows.get(run_id, (0, None, None))
-        steps = np.frombuffer(blob, dtype=np.int64)
-        if (hi is not None and steps[0] != hi + 1) or np.any(np.diff(steps) != 1):
-            hi = -1  # not contiguous: reported below as a mismatch
-        rows[run_id] = (count + len(steps), int(steps[0]) if lo is None else lo, int(steps[-1]) if hi != -1 else -1)
+        stored.setdefault(run_id, []).append(np.frombuffer(blob, dtype=np.int64))
     evals = dict(con.execute("SELECT run_id, max(step) FROM evalstat GROUP BY run_id"))
     problems, by_status = [], {}
     for run_id, status, steps, config, info, error in con.execute(
         "SELECT id, status, steps, config, info, error FROM run"
     ):
         by_status[status] = by_status.get(status, 0) + 1
-        count, lo, hi = rows.get(run_id, (0, None, None))
-        if count != steps or (count and (lo, hi) != (0, count - 1)):
-            problems.append(f"run {run_id} ({status}): steps field {steps}, {count} rows, steps {lo}..{hi}")
+        run_steps = np.concatenate(stored.get(run_id, [np.zeros(0, np.int64)]))
+        count = len(run_steps)
+        if count != steps or not np.array_equal(run_steps, np.arange(count)):
+            problems.append(f"run {run_id} ({status}): steps field {steps}, {count} batches stored, not 0..{count - 1}")
         if status == "completed":
             expected = json.loads(info)["steps_per_epoch"] * json.loads(config)["epochs"]
             if count != expected or evals.get(run_id) != expected:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import LossParts
+from trainer import losses
 from trainer.records import BATCH_COLUMNS, BatchChunk
 
 ONE_HOT_THRESHOLD = 0.99
@@ -76,8 +76,8 @@ def chunk_stats(
     n, b, c = logits.shape
     dtype = probs.dtype
     # CPU kernels that reduce over a middle axis or return indices (max, std, mean over B) cost
-    # 10-50x more than last-axis sums here, so reductions run over the last axis and spreads are
-    # computed in two passes from sums.
+    # 10-50x more than last-axis sums here: reductions run over the last axis, the argmax comes
+    # from the top-2 the margin needs anyway, and spreads are computed in two passes from sums.
     if c > 1:
         top2, top_idx = logits.topk(2, dim=-1)
         margin, pred = top2[..., 0] - top2[..., 1], top_idx[..., 0]  # argmax of logits = of probs
@@ -157,21 +157,20 @@ def stats_from_logits(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """chunk_stats from logits and raw targets alone (n, B, C), computing what the loss would have
     held; step_values (n, 6) as STEP_COLUMNS with the head norm itself. For tests and one-off use."""
-    c = logits.shape[-1]
     log_p = F.log_softmax(logits / temperature, dim=-1)
     p = log_p.exp()
-    t = raw_targets * (1.0 - label_smoothing) + label_smoothing / c if label_smoothing else raw_targets
+    t = losses.smooth_targets(raw_targets, label_smoothing)
     values = step_values.to(p.dtype).clone()
     values[:, 5] = values[:, 5].square()
     rows = chunk_stats(
         logits,
         p,
-        -(p * log_p).sum(-1),
+        losses.entropy(log_p),
         t,
-        -torch.special.xlogy(t, t).sum(-1),
+        losses.target_entropy(t),
         values,
         max_grad_norm=max_grad_norm,
-        target_onehot_threshold=smoothed_threshold(label_smoothing, c),
+        target_onehot_threshold=smoothed_threshold(label_smoothing, logits.shape[-1]),
     )
     return split_stats(rows)
 
@@ -223,7 +222,7 @@ class StatsRecorder:
         return len(self._steps) >= self.capacity
 
     def record(
-        self, logits: torch.Tensor, parts: LossParts, grad_norm: torch.Tensor, step: int, epoch: int, lr: float
+        self, logits: torch.Tensor, parts: losses.LossParts, grad_norm: torch.Tensor, step: int, epoch: int, lr: float
     ) -> None:
         """One step: its raw logits (B, C), what its loss computed, and its (pre-clipping) grad norm."""
         if logits.shape[0] != self._batch:

@@ -177,3 +177,14 @@ def test_raw_reads_cut_chunks_at_since_until_and_limit(engine: Engine) -> None:
         assert crud.get_stats(session=session, run=run, since_step=1500, max_points=5000).steps == list(
             range(1501, 3000)
         )
+
+
+def test_chunks_without_class_shares_read_as_nan_beside_those_with_them() -> None:
+    """A database converted from the oldest schema can hold chunks whose histograms were never
+    recorded: read beside complete ones they are NaN of the same width, not an error."""
+    from app.batch_rows import Batches
+
+    steps = np.arange(5)
+    batches = Batches(steps, steps, np.zeros((5, 1)), np.zeros((5, 1), bool), [np.zeros((2, 0)), np.ones((3, 8))])
+    hist = batches.hist_array()
+    assert hist.shape == (5, 8) and np.isnan(hist[:2]).all() and (hist[2:] == 1).all()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses import objective
+from trainer.config import TrainConfig
+from trainer.losses import objective_from_config
 from trainer.monitor import DEVICE_COLUMNS, STEP_COLUMNS, StatsRecorder, stats_from_logits
 from trainer.records import BATCH_COLUMNS
 
@@ -93,18 +94,9 @@ def test_nan_logits_come_through_as_nan():
     assert math.isnan(stats["loss"].item()) and math.isnan(stats["logit_mean"].item())
 
 
-def _step(logits: torch.Tensor, targets: torch.Tensor, head: torch.Tensor, **kw):
-    defaults = dict(
-        label_smoothing=0.0,
-        temperature=1.0,
-        entropy_weight=0.1,
-        min_entropy=0.5,
-        entropy_penalty_kind="linear",
-        cap_entropy_at_target=False,
-        class_weights=None,
-        final_layer_weight_decay=0.0,
-    )
-    return objective(logits, targets, head, **(defaults | kw))
+def _step(logits: torch.Tensor, targets: torch.Tensor, head: torch.Tensor, **overrides):
+    """What the training step's objective returns, with the default config plus `overrides`."""
+    return objective_from_config(logits, targets, head, TrainConfig(class_weights=None).replace(**overrides), None)
 
 
 def test_recorder_returns_chunks_in_order_and_splits_on_a_new_batch_size():
