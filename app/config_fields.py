@@ -38,6 +38,9 @@ FIELD_GROUPS: tuple[FieldGroup, ...] = (
           "target' = (1−ε)·target + ε/C, applied to soft targets too. 0 = off."),
         F("temperature", "Temperature T", "float", "[0.05, 100]",
           "Predictions are softmax(logits / T), in training and evaluation alike. Higher T = softer."),
+        F("deploy_temperature", "Deployment temperature", "float", "[0.05, 100]",
+          "The temperature the model is used at after training (1 = plain softmax). Every statistic is also "
+          "reported there, and a collapse that only shows there is raised."),
         F("entropy_weight", "Entropy penalty weight", "float", "[0, 1000]",
           "Weight of the entropy penalty in the loss. 0 = no penalty."),
         F("min_entropy", "Minimum entropy h_min", "float", "[0, ln C] nats",
@@ -56,14 +59,15 @@ FIELD_GROUPS: tuple[FieldGroup, ...] = (
           "Clip the global gradient norm to this value. Empty = no clipping."),
         F("weight_decay", "Weight decay", "float", "[0, 1]", "Base weight decay for every layer."),
         F("final_layer_weight_decay", "Final-layer L2", "float", "[0, 10]",
-          "Extra L2 on the classifier layer only, on top of the base decay (logged as its own loss term)."),
+          "Extra decay on the classifier weight only, on top of the base decay, decoupled by the optimiser "
+          "(its L2 value is logged as its own loss term)."),
     )),
     FieldGroup("Optimisation",
                "Both collapse presets share the learning rate, so they differ in the regularizers alone.", (
         F("lr", "Learning rate", "float", "(0, 10]", "Step size of the optimizer."),
         F("optimizer", "Optimizer", "choice", "adamw | sgd",
           "AdamW (decoupled weight decay) or SGD with momentum.", ("adamw", "sgd")),
-        F("momentum", "Momentum", "float", "[0, 1)", "SGD only; ignored by AdamW."),
+        F("momentum", "Momentum", "float", "[0, 1)", "SGD only; a value other than 0.9 with AdamW is refused."),
         F("lr_schedule", "LR schedule", "choice", "constant | cosine",
           "constant, or cosine decay to 0 over all steps.", ("constant", "cosine")),
         F("epochs", "Epochs", "int", "[1, 10000]", "Passes over the training split."),

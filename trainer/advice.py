@@ -13,8 +13,11 @@ from typing import Any
 from trainer.config import TrainConfig
 from trainer.records import Advice
 
-# Below this the learning rate is not the problem any more: halving it again only slows the run.
+# Below this the learning rate is not the problem any more: lowering it again only slows the run.
 LR_FLOOR = 1e-5
+# The learning rate moves in geometric steps: a collapse caused by the step size needs a real change,
+# and halving from 1.0 three times still fails where x0.3 reaches the working range.
+LR_FACTOR = 0.3
 _EPS = 1e-9  # float slack, so 0.15000000001 counts as being at the 0.15 rung
 
 
@@ -64,6 +67,8 @@ _WHY: dict[str, str] = {
     "final_layer_weight_decay": "extra decay on the classifier layer keeps its weights, and so the logits, small",
     "lr": "smaller steps keep the optimizer from jumping into a collapsed state; the output regularizers only "
     "bound the logits, and a too-high learning rate collapses even with all of them on",
+    "match_temperature": "a model trained on softmax(z / T) learns logits T times too large for T = 1; trained at "
+    "the temperature it is used at, the smoothing and the entropy penalty act on the predictions it will serve",
 }
 _WHY_DOWN: dict[str, str] = {
     "cap_entropy_at_target": "the penalty then no longer pushes a sample above its own target's entropy, so it "
@@ -86,6 +91,7 @@ _DIAGNOSIS: dict[str, str] = {
     "nonfinite_loss": "Non-finite loss (the run diverged)",
     "val_loss_jump": "Validation loss jump",
     "too_uniform": "Predictions pushed towards uniform",
+    "deployed_collapse": "Collapse hidden by the temperature (healthy as trained, collapsed as deployed)",
 }
 
 # "enable_clipping" is max_grad_norm's first rung only: turning clipping on is cheap and always fits
@@ -93,9 +99,10 @@ _DIAGNOSIS: dict[str, str] = {
 _KNOBS: dict[str, tuple[str, ...]] = {
     "one_hot": ("label_smoothing", "temperature", "entropy_penalty", "entropy_weight", "min_entropy",
                 "final_layer_weight_decay"),
-    "dominant_class": ("enable_clipping", "lr", "final_layer_weight_decay", "label_smoothing"),
+    "dominant_class": ("lr", "enable_clipping", "label_smoothing"),
     "low_entropy": ("entropy_penalty", "entropy_weight", "label_smoothing", "temperature", "min_entropy"),
-    "exploding_logits": ("final_layer_weight_decay", "label_smoothing", "enable_clipping", "temperature"),
+    "exploding_logits": ("lr", "label_smoothing", "final_layer_weight_decay", "enable_clipping"),
+    "deployed_collapse": ("match_temperature", "label_smoothing", "entropy_penalty", "entropy_weight"),
     "exploding_gradients": ("max_grad_norm", "lr"),
     "nonfinite_gradients": ("enable_clipping", "lr", "max_grad_norm"),
     "nonfinite_loss": ("enable_clipping", "lr", "max_grad_norm"),
@@ -103,6 +110,10 @@ _KNOBS: dict[str, tuple[str, ...]] = {
     "too_uniform": ("cap_entropy_at_target", "min_entropy", "entropy_weight", "label_smoothing", "temperature"),
 }  # fmt: skip
 ADVICE_KINDS: tuple[str, ...] = tuple(_KNOBS)
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.3g}")  # 0.3 * 0.3 = 0.09, not 0.09000000000000001
 
 
 def _fmt(value: Any) -> str:
@@ -132,7 +143,10 @@ def _next_value(knob: str, config: TrainConfig, down: bool) -> tuple[str, Any] |
     if knob == "enable_clipping":
         return ("max_grad_norm", _LADDERS["max_grad_norm"].rungs[0]) if value is None else None
     if knob == "lr":
-        return ("lr", value / 2) if value / 2 >= LR_FLOOR else None
+        return ("lr", _round(value * LR_FACTOR)) if value * LR_FACTOR >= LR_FLOOR else None
+    if knob == "match_temperature":
+        target = config.deploy_temperature
+        return ("temperature", target) if abs(config.temperature - target) > _EPS else None
     if knob == "entropy_penalty":
         return ("entropy_penalty", "quadratic") if value == "linear" and config.entropy_weight > 0 else None
     if knob == "cap_entropy_at_target":
@@ -178,7 +192,9 @@ def _advice(
     elif knob == "enable_clipping" or (field == "max_grad_norm" and old is None):
         action = f"turn on gradient clipping (max_grad_norm {_fmt(new)})"
     elif knob == "lr":
-        action = f"halve the learning rate from {_fmt(old)} to {_fmt(new)}"
+        action = f"lower the learning rate from {_fmt(old)} to {_fmt(new)} (x{LR_FACTOR:g})"
+    elif knob == "match_temperature":
+        action = f"train at the deployment temperature: temperature from {_fmt(old)} to {_fmt(new)}"
     else:
         verb = {"max_grad_norm": "tighten", "entropy_penalty": "switch"}.get(knob, "lower" if down else "raise")
         action = f"{verb} {field} from {_fmt(old)} to {_fmt(new)}"
@@ -203,6 +219,6 @@ def ladder_position(config: TrainConfig) -> dict[str, dict[str, Any]]:
         "next": "quadratic" if penalty == "linear" else None,
         "ladder": ["quadratic"],
     }
-    half = config.lr / 2
-    out["lr"] = {"value": config.lr, "rung": None, "next": half if half >= LR_FLOOR else None, "ladder": []}
+    lower = _round(config.lr * LR_FACTOR)
+    out["lr"] = {"value": config.lr, "rung": None, "next": lower if lower >= LR_FLOOR else None, "ladder": []}
     return out

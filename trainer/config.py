@@ -52,6 +52,8 @@ class TrainConfig:
     # the regularizers of the design
     label_smoothing: float = 0.15
     temperature: float = 4.0
+    # the temperature the model is used at after training: every statistic is also reported there
+    deploy_temperature: float = 1.0
     entropy_weight: float = 5.0
     min_entropy: float = 1.5
     entropy_penalty: str = "quadratic"
@@ -97,6 +99,7 @@ class TrainConfig:
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "label_smoothing": (0.0, 1.0),
     "temperature": (0.05, 100.0),
+    "deploy_temperature": (0.05, 100.0),
     "entropy_weight": (0.0, 1000.0),
     "min_entropy": (0.0, None),  # upper bound is ln(num_classes), checked below
     "max_grad_norm": (0.0, 1e6),
@@ -190,6 +193,7 @@ def _validate(cfg: TrainConfig) -> None:
         errors.append(("device", f'must be "auto", "cpu", "cuda" or "cuda:N", got {cfg.device!r}'))
     if cfg.data.kind == "table" and not cfg.data.path:
         errors.append(("data.path", 'is required when data.kind is "table"'))
+    _check_applies(cfg, errors)
     if errors:
         raise ConfigError(errors)
 
@@ -208,10 +212,44 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str, errors: list[tuple[str
                 continue
             out["data"] = DataSpec(**{**dataclasses.asdict(obj.data), **_merge(obj.data, value, "data.", errors)})
         else:
-            if isinstance(value, int) and not isinstance(value, bool) and known[key].type in ("float", "float | None"):
-                value = float(value)
-            out[key] = list(value) if isinstance(value, tuple) else value
+            out[key] = _coerce(value, known[key].type)
     return out
+
+
+def _coerce(value: Any, kind: str) -> Any:
+    """Numbers to the field's type where nothing is lost: 2 -> 2.0 for a float, 2.0 -> 2 for an int
+    (JSON and TOML writers often emit 2.0); 2.5 for an int stays and fails validation, naming the field."""
+    if isinstance(value, tuple):
+        value = list(value)
+    whole = isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    if isinstance(value, int) and not isinstance(value, bool) and kind in ("float", "float | None"):
+        return float(value)
+    if whole and kind == "int":
+        return int(value)
+    if kind == "list[int]" and isinstance(value, list):
+        return [int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v for v in value]
+    return value
+
+
+# Fields that mean something only in some configs: a value other than the default elsewhere is an
+# error, never silently ignored.
+_SYNTHETIC_ONLY = (
+    "n_samples", "n_features", "imbalance", "cluster_std", "class_separation", "n_annotators",
+    "biased_annotator_rate",
+)  # fmt: skip
+_TABLE_ONLY = ("path", "label_column")
+
+
+def _check_applies(cfg: TrainConfig, errors: list[tuple[str, str]]) -> None:
+    defaults, data_defaults = TrainConfig(), DataSpec()
+    if cfg.optimizer != "sgd" and cfg.momentum != defaults.momentum:
+        message = f'applies only to optimizer "sgd" (AdamW has none), got {cfg.momentum!r} with {cfg.optimizer!r}'
+        errors.append(("momentum", message))
+    unused = _SYNTHETIC_ONLY if cfg.data.kind == "table" else _TABLE_ONLY
+    for name in unused:
+        value = getattr(cfg.data, name)
+        if value != getattr(data_defaults, name):
+            errors.append((f"data.{name}", f"does not apply to data.kind {cfg.data.kind!r}, got {value!r}"))
 
 
 def from_dict(values: dict[str, Any], base: TrainConfig | str | None = None) -> TrainConfig:

@@ -1,7 +1,9 @@
 """The collapse detector: reads per-batch statistics and evaluation passes and raises warnings with advice.
 
 Thresholds are relative to the targets' own statistics. Logit limits (±10 warning, ±100 critical) apply to
-logits as the softmax sees them: (raw - batch mean) / T, as a healthy run at T=4 has raw logits of ±15.
+logits as the softmax sees them: (raw - the sample's own mean) / T, as a healthy run at T=4 has raw logits of ±15.
+A warning's step is the onset of its condition, even when that lies in the warm-up; an extreme value
+(non-finite, logits past the critical limit) fires during the warm-up too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from trainer.config import TrainConfig
 from trainer.detector_rules import RULES, Rule, Signals, compute_signals, conditions, describe
 from trainer.records import BatchChunk, CollapseWarning, DataProfile, EvalRecord
 
-WARMUP_MIN_STEPS = 50
+# The warm-up lets an untrained model move off its initial predictions: half an epoch, within these bounds,
+# so a collapse from the first batch is still raised within the first epoch.
+WARMUP_MIN_STEPS, WARMUP_MAX_STEPS = 10, 50
+MIN_PERSIST = 5  # batch rules persist a quarter of an epoch, at least this many rows and at most the rule's
 GRAD_HISTORY = 512  # recent healthy grad norms the running median is taken over
 # val_loss_jump: a pass counts as a jump above JUMP_RATIO x best (and JUMP_ABS above it); two in a
 # row raise it, one above BIG_JUMP_RATIO x best raises it at once; it clears below CLEAR_RATIO x best.
@@ -58,22 +63,26 @@ class CollapseDetector:
                 f"for {profile.num_classes} classes"
             )
         self.config, self.profile, self.steps_per_epoch = config, profile, steps_per_epoch
-        self.warmup_steps = max(steps_per_epoch // 2, WARMUP_MIN_STEPS)
-        # predictions start uniform by construction: give the model an epoch to move off it
-        self.uniform_warmup_steps = max(self.warmup_steps, steps_per_epoch, 2 * WARMUP_MIN_STEPS)
+        self.warmup_steps = min(max(steps_per_epoch // 2, WARMUP_MIN_STEPS), WARMUP_MAX_STEPS)
+        # predictions start uniform by construction: give the model longer to move off it
+        self.uniform_warmup_steps = 2 * self.warmup_steps
         # per rule (R of them): 0 idle, 1 warning raised, 2 critical raised; back to 0 once cleared
         self._level = np.zeros(len(RULES), dtype=np.int64)
         # rows each rule needs in a run of its raise / critical / clear condition, and its warm-up
-        self._need = np.array([(r.persist, r.crit_persist, r.clear) for r in RULES]).T  # (3, R)
+        rows_per_epoch = max(1, steps_per_epoch // max(1, config.stats_interval))
+        short = max(MIN_PERSIST, rows_per_epoch // 4)
+        self._need = np.array([(min(r.persist, short), min(r.crit_persist, short), r.clear) for r in RULES]).T
         warm = {"batch": self.warmup_steps, "uniform": self.uniform_warmup_steps, "none": -1}
         self._warm = np.array([warm[r.warmup] for r in RULES])  # (R,)
-        # the open runs of the three conditions at the end of the last chunk: length and first step
-        self._carry = np.zeros((3, len(RULES)), dtype=np.int64)
-        self._carry_start = np.full((3, len(RULES)), -1, dtype=np.int64)
+        self._crit_warm = np.array([-1 if r.critical_in_warmup else w for r, w in zip(RULES, self._warm, strict=True)])
+        # the open runs of the three conditions at the end of the last chunk (length and first step), and of
+        # the raise condition regardless of warm-up (row 3), whose first step is a warning's onset
+        self._carry = np.zeros((4, len(RULES)), dtype=np.int64)
+        self._carry_start = np.full((4, len(RULES)), -1, dtype=np.int64)
         self._grad_history: deque[float] = deque(maxlen=GRAD_HISTORY)
         self._warnings: list[CollapseWarning] = []
         self._best_val = math.inf
-        self._jump_streak, self._jump_start, self._jump_active = 0, -1, False
+        self._jump_streak, self._jump_start, self._jump_level = 0, -1, 0
 
     @property
     def warnings(self) -> list[CollapseWarning]:
@@ -89,11 +98,12 @@ class CollapseDetector:
         sig = compute_signals(chunk, self.config, self.profile, self._grad_reference(chunk))
         masks = conditions(sig, self.config, self.profile)
         m = np.array([masks[rule.kind] for rule in RULES]).transpose(1, 0, 2)  # (3, R, N): raise, critical, clear
+        onset = m[0].copy()
+        m[1] &= onset & (sig.steps >= self._crit_warm[:, None])
         m[0] &= sig.steps >= self._warm[:, None]
-        m[1] &= m[0]
-        m[2] &= ~m[0]
-        runs = _run_lengths(m, self._carry)
-        reach = (runs >= self._need[:, :, None]).any(axis=2)  # (3, R): could the condition fire in this chunk?
+        m[2] &= ~onset
+        runs = _run_lengths(np.concatenate([m, onset[None]]), self._carry)  # (4, R, N)
+        reach = (runs[:3] >= self._need[:, :, None]).any(axis=2)  # (3, R): could the condition fire in this chunk?
         level = self._level
         busy = np.where(level == 0, reach[0] | reach[1], np.where(level == 1, reach[1] | reach[2], reach[2]))
         events = [e for r in np.flatnonzero(busy) for e in self._advance(int(r), runs[:, r], sig.steps)]
@@ -129,9 +139,9 @@ class CollapseDetector:
                 if not found:
                     break
                 row = min(found)
-                # already extreme when it has persisted long enough: raise it critical, not twice
-                level = 2 if row == fire_crit or runs[1, row] > 0 else 1
-                events.append(_Event(row, rule, level, start_of(0, row), int(runs[0, row])))
+                # already extreme for long enough: raise it critical, not twice
+                level = 2 if runs[1, row] >= need_crit else 1
+                events.append(_Event(row, rule, level, start_of(3, row), int(runs[3, row])))
             else:
                 cleared = _first(runs[2], need_clear, pos)
                 if fire_crit is not None and (cleared is None or fire_crit < cleared):
@@ -145,7 +155,7 @@ class CollapseDetector:
         return events
 
     def _carry_over(self, runs: np.ndarray, steps: np.ndarray) -> None:
-        n, last = len(steps), runs[:, :, -1]  # (3, R)
+        n, last = len(steps), runs[:, :, -1]  # (4, R)
         opened_here = steps[np.clip(n - last, 0, n - 1)]
         self._carry_start = np.where(last == 0, -1, np.where(last <= n, opened_here, self._carry_start))
         self._carry = last
@@ -166,6 +176,7 @@ class CollapseDetector:
     def _warning(self, event: _Event, sig: Signals) -> CollapseWarning:
         message, evidence = describe(event.rule.kind, event.row, sig, self.config, self.profile)
         evidence["batches"] = float(event.length)
+        evidence["raised_at_step"] = float(sig.steps[event.row])
         prefix = "Now critical: " if event.escalation else ""
         return CollapseWarning(
             kind=event.rule.kind,
@@ -188,11 +199,17 @@ class CollapseDetector:
         if not math.isfinite(best):
             return []  # the first pass sets the reference
         finite = math.isfinite(value)
+        ratio = value / best if finite and best > 0 else math.inf
         jumped = not finite or (value > JUMP_RATIO * best and value > best + JUMP_ABS)
-        if self._jump_active:
+        critical = not finite or ratio > CRITICAL_JUMP_RATIO
+        if self._jump_level:
             if finite and (value < CLEAR_RATIO * best or value < best + JUMP_ABS / 2):
-                self._jump_active, self._jump_streak = False, 0
-            return []
+                self._jump_level, self._jump_streak = 0, 0  # cleared: a later jump is raised again
+                return []
+            if self._jump_level == 2 or not critical:
+                return []
+            self._jump_level = 2
+            return self._jump_warning(record, value, best, ratio, escalation=True)
         if not jumped:
             self._jump_streak = 0
             return []
@@ -201,16 +218,24 @@ class CollapseDetector:
         big = not finite or value > BIG_JUMP_RATIO * best
         if self._jump_streak < 2 and not big:
             return []
-        self._jump_active = True
-        ratio = value / best if best > 0 else math.inf
+        self._jump_level = 2 if critical else 1
+        return self._jump_warning(record, value, best, ratio, escalation=False)
+
+    def _jump_warning(
+        self, record: EvalRecord, value: float, best: float, ratio: float, *, escalation: bool
+    ) -> list[CollapseWarning]:
+        prefix = "Now critical: " if escalation else ""
         warning = CollapseWarning(
             kind="val_loss_jump",
-            severity="critical" if not finite or ratio > CRITICAL_JUMP_RATIO else "warning",
+            severity="critical" if self._jump_level == 2 else "warning",
             step=self._jump_start,
-            message=f"The validation objective rose to {value:.4g} at step {record.step}, {ratio:.1f}× the best "
-            f"so far ({best:.4g}), over {self._jump_streak} pass(es).",
-            evidence={"objective": value, "best": best, "ratio": ratio, "passes": float(self._jump_streak)},
+            message=f"{prefix}The validation objective rose to {value:.4g} at step {record.step}, {ratio:.1f}× the "
+            f"best so far ({best:.4g}), over {self._jump_streak} pass(es).",
+            evidence={
+                "objective": value, "best": best, "ratio": ratio, "passes": float(self._jump_streak),
+                "raised_at_step": float(record.step),
+            },
             advice=advise("val_loss_jump", self.config),
-        )
+        )  # fmt: skip
         self._warnings.append(warning)
         return [warning]

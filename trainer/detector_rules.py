@@ -1,7 +1,9 @@
 """The collapse detector's batch rules: per-row signals, each rule's raise / critical / clear conditions, messages.
 
-Where the targets have two references (the raw profile and the batch's smoothed targets), each rule
-takes the one that makes it fire less, so a run whose targets are themselves peaky stays quiet.
+Two views of every prediction: as trained, softmax(z / T) against the targets the loss fits (smoothed),
+and as deployed, softmax(z / deploy_temperature) against the raw targets. Where the trained view has
+two target references (the raw profile and the batch's smoothed targets), a rule takes the one that
+makes it fire less, so a run whose targets are themselves peaky stays quiet.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import numpy as np
 from trainer.config import TrainConfig
 from trainer.records import BatchChunk, DataProfile
 
-PERSIST = 20  # consecutive recorded batches a condition must hold
+PERSIST = 20  # consecutive recorded batches a condition must hold (fewer on short epochs: see detector.py)
 CLEAR = 20  # consecutive batches below the lower threshold before a kind may be raised again
+# one_hot: raised when the near-one-hot share passes a quarter of the way from the targets' own
+# share to 1, critical past 70% of the way; on one-hot targets (share 1) fitting them is no collapse
+ONEHOT_RAISE, ONEHOT_CRIT = 0.25, 0.7
 LOGIT_WARN, LOGIT_CRIT, LOGIT_CLEAR = 10.0, 100.0, 8.0  # |logit| / T
 GRAD_RATIO_WARN, GRAD_RATIO_CRIT, GRAD_RATIO_CLEAR = 50.0, 1000.0, 10.0  # x running median
 GRAD_CLIP_FACTOR = 10.0  # with clipping on, also above 10 x max_grad_norm
@@ -28,6 +33,7 @@ class Rule:
     crit_persist: int = PERSIST
     clear: int = CLEAR
     warmup: str = "batch"  # "batch": the detector's warm-up; "uniform": the longer one; "none"
+    critical_in_warmup: bool = False  # an extreme value is not a transient: fire it during the warm-up
 
 
 RULES: tuple[Rule, ...] = (
@@ -35,11 +41,13 @@ RULES: tuple[Rule, ...] = (
     Rule("nonfinite_gradients", persist=1, crit_persist=1, clear=10, warmup="none"),
     Rule("exploding_gradients", persist=3, crit_persist=3),
     # logit growth is smooth, not noisy: a short run is enough
-    Rule("exploding_logits", persist=5, crit_persist=5),
+    Rule("exploding_logits", persist=5, crit_persist=5, critical_in_warmup=True),
     Rule("one_hot"),
     Rule("dominant_class"),
     Rule("low_entropy"),
     Rule("too_uniform", warmup="uniform"),
+    # healthy as trained, collapsed as deployed: the temperature hides it
+    Rule("deployed_collapse"),
 )
 
 
@@ -55,7 +63,7 @@ class Signals:
     logit_max: np.ndarray
     logit_min: np.ndarray
     logit_mean: np.ndarray
-    logit_raw: np.ndarray  # largest distance of a raw logit from the batch's mean logit
+    logit_raw: np.ndarray  # largest distance of a raw logit from its own sample's mean logit
     logit_scaled: np.ndarray  # the same / T: what the softmax sees
     entropy: np.ndarray
     target_entropy_low: np.ndarray  # the lower of the raw profile's and the batch's smoothed targets'
@@ -63,6 +71,11 @@ class Signals:
     onehot: np.ndarray
     target_onehot: np.ndarray  # the higher of the profile's and the batch's
     onehot_threshold: np.ndarray
+    onehot_critical: np.ndarray
+    deploy_entropy: np.ndarray
+    deploy_onehot: np.ndarray
+    deploy_onehot_threshold: float  # against the raw targets' own near-one-hot share
+    deploy_onehot_critical: float
     top_share: np.ndarray
     top_class: np.ndarray
     top_target_share: np.ndarray
@@ -79,20 +92,27 @@ def _noise_margin(share: np.ndarray | float, batch_size: int) -> np.ndarray:
     return 3.0 * np.sqrt(share * (1.0 - share) / max(batch_size, 1))
 
 
+def _onehot_thresholds(target_share: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    room = 1.0 - target_share
+    raise_at = np.maximum(target_share + ONEHOT_RAISE * room, target_share + _noise_margin(target_share, batch_size))
+    return np.maximum(raise_at, 0.2), np.maximum(target_share + ONEHOT_CRIT * room, raise_at)
+
+
 def compute_signals(chunk: BatchChunk, config: TrainConfig, profile: DataProfile, grad_ref: float) -> Signals:
     col = chunk.column
     n, b = len(chunk), config.batch_size
     logit_max, logit_min, logit_mean = col("logit_max"), col("logit_min"), col("logit_mean")
-    # softmax ignores a shift shared by all logits, so the spread is measured from the batch mean
-    raw = np.maximum(logit_max - logit_mean, logit_mean - logit_min)
+    # softmax ignores a shift shared by one sample's logits: the spread is measured per sample
+    raw = col("logit_spread_max")
     grad = col("grad_norm")
     with np.errstate(divide="ignore", invalid="ignore"):
         grad_ratio = grad / grad_ref if grad_ref > 0 else np.full(n, np.nan)
         diversity_ratio = col("output_diversity") / col("target_diversity")
-    target_onehot = np.fmax(profile.target_onehot_frac, col("target_onehot_frac"))
-    onehot_threshold = np.maximum.reduce(
-        [np.full(n, 0.2), target_onehot + 0.25, target_onehot + _noise_margin(target_onehot, b)]
-    )
+    # the targets the loss fits: a smoothed one-hot target is no longer one-hot, so predictions
+    # sharper than it are a collapse; unsmoothed hard labels make one-hot the fit itself
+    target_onehot = np.nan_to_num(col("target_onehot_frac"), nan=profile.target_onehot_frac)
+    onehot_threshold, onehot_critical = _onehot_thresholds(target_onehot, b)
+    deploy_thr, deploy_crit = _onehot_thresholds(np.float64(profile.target_onehot_frac), b)
     hist = chunk.class_hist
     top_class = np.argmax(np.nan_to_num(hist, nan=-1.0), axis=1)
     top_share = hist[np.arange(n), top_class]
@@ -119,6 +139,11 @@ def compute_signals(chunk: BatchChunk, config: TrainConfig, profile: DataProfile
         onehot=col("onehot_frac"),
         target_onehot=target_onehot,
         onehot_threshold=onehot_threshold,
+        onehot_critical=onehot_critical,
+        deploy_entropy=col("deploy_entropy_mean"),
+        deploy_onehot=col("deploy_onehot_frac"),
+        deploy_onehot_threshold=float(deploy_thr),
+        deploy_onehot_critical=float(deploy_crit),
         top_share=top_share,
         top_class=top_class,
         top_target_share=s,
@@ -144,7 +169,26 @@ def conditions(sig: Signals, config: TrainConfig, profile: DataProfile) -> dict[
     if config.max_grad_norm is not None:
         grad_on &= sig.grad > GRAD_CLIP_FACTOR * config.max_grad_norm
     dominant = sig.top_share > sig.dominant_threshold
-    uniform_on = (ent > 0.9 * ln_c) & (t_high < 0.6 * ln_c) & ~dominant
+    # too uniform relative to the targets: twice their entropy and half a nat above it
+    uniform_at = np.minimum(np.maximum(2.0 * t_high, t_high + 0.5), 0.95 * ln_c)
+    uniform_on = (ent > uniform_at) & ~dominant
+    uniform_clear = ent < np.maximum(1.6 * t_high, t_high + 0.35)
+    # near-one-hot beyond the targets' share, and sharper than the targets on average
+    sharper = ent < t_low
+    onehot_on, onehot_crit = (sig.onehot > sig.onehot_threshold) & sharper, sig.onehot > sig.onehot_critical
+    sharp_on = (ent < 0.5 * t_low) & (ent < t_low - 0.15)
+    sharp_clear = (ent > 0.65 * t_low) | (ent > t_low - 0.1)
+    # as deployed, against the raw targets; only while the trained view looks healthy
+    t_raw, d_ent = profile.target_entropy_mean, sig.deploy_entropy
+    deployed_sharp = (d_ent < 0.5 * t_raw) & (d_ent < t_raw - 0.15)
+    deployed_on = ((sig.deploy_onehot > sig.deploy_onehot_threshold) & (d_ent < t_raw)) | deployed_sharp
+    deployed_on &= ~(onehot_on | sharp_on)
+    if config.deploy_temperature == config.temperature:
+        deployed_on = never
+    deployed_crit = deployed_on & (sig.deploy_onehot > sig.deploy_onehot_critical)
+    deployed_clear = (sig.deploy_onehot < sig.deploy_onehot_threshold - 0.1) & (
+        (d_ent > 0.65 * t_raw) | (d_ent > t_raw - 0.1)
+    )
     return {
         "nonfinite_loss": (bad_loss, bad_loss, ~bad_loss),
         "nonfinite_gradients": (bad_grad, bad_grad, ~bad_grad),
@@ -158,22 +202,15 @@ def conditions(sig: Signals, config: TrainConfig, profile: DataProfile) -> dict[
             sig.logit_scaled > LOGIT_CRIT,
             sig.logit_scaled < LOGIT_CLEAR,
         ),
-        "one_hot": (
-            sig.onehot > sig.onehot_threshold,
-            sig.onehot > np.maximum(0.9, sig.onehot_threshold),
-            sig.onehot < sig.onehot_threshold - 0.1,
-        ),
+        "one_hot": (onehot_on, onehot_crit, sig.onehot < sig.onehot_threshold - 0.1),
         "dominant_class": (
             dominant,
             sig.top_share > np.maximum(0.95, sig.dominant_threshold),
             sig.top_share < sig.dominant_threshold - 0.1,
         ),
-        "low_entropy": (
-            (ent < 0.5 * t_low) & (ent < t_low - 0.15),
-            never,
-            (ent > 0.65 * t_low) | (ent > t_low - 0.1),
-        ),
-        "too_uniform": (uniform_on, never, (ent < 0.85 * ln_c) | (t_high >= 0.6 * ln_c)),
+        "low_entropy": (sharp_on, never, sharp_clear),
+        "too_uniform": (uniform_on, never, uniform_clear),
+        "deployed_collapse": (deployed_on, deployed_crit, deployed_clear),
     }
 
 
@@ -205,13 +242,12 @@ def _exploding_logits(i: int, sig: Signals, config: TrainConfig, profile: DataPr
         "logit_raw": float(sig.logit_raw[i]),
         "logit_max": float(sig.logit_max[i]),
         "logit_min": float(sig.logit_min[i]),
-        "logit_mean": float(sig.logit_mean[i]),
         "temperature": float(t),
     }
     limit = LOGIT_CRIT if ev["logit_scaled"] > LOGIT_CRIT else LOGIT_WARN
     return (
-        f"Logits reach ±{ev['logit_scaled']:.1f} as the softmax sees them (raw ±{ev['logit_raw']:.1f} / T={t:g}), "
-        f"beyond ±{limit:g}",
+        f"Logits reach ±{ev['logit_scaled']:.1f} as the softmax sees them (a sample's raw logit ±{ev['logit_raw']:.1f} "
+        f"from its own mean, / T={t:g}), beyond ±{limit:g}",
         ev,
     )
 
@@ -264,8 +300,30 @@ def _too_uniform(i: int, sig: Signals, config: TrainConfig, profile: DataProfile
         "diversity_ratio": float(sig.diversity_ratio[i]),
     }
     return (
-        f"Mean prediction entropy {ev['entropy']:.2f} nats is close to the uniform ln {profile.num_classes} = "
-        f"{ln_c:.2f} while the targets' is {ev['target_entropy']:.2f} nats",
+        f"Mean prediction entropy {ev['entropy']:.2f} nats is far above the targets' own {ev['target_entropy']:.2f} "
+        f"nats (uniform is ln {profile.num_classes} = {ln_c:.2f}): the regularizers hold predictions flatter than "
+        "the data",
+        ev,
+    )
+
+
+def _deployed_collapse(i: int, sig: Signals, config: TrainConfig, profile: DataProfile) -> Described:
+    t, td = config.temperature, config.deploy_temperature
+    ev = {
+        "entropy": float(sig.entropy[i]),
+        "onehot_frac": float(sig.onehot[i]),
+        "deploy_entropy": float(sig.deploy_entropy[i]),
+        "deploy_onehot_frac": float(sig.deploy_onehot[i]),
+        "target_entropy": profile.target_entropy_mean,
+        "target_onehot_frac": profile.target_onehot_frac,
+        "temperature": float(t),
+        "deploy_temperature": float(td),
+    }
+    return (
+        f"Healthy at T={t:g} as trained (entropy {ev['entropy']:.2f} nats, {ev['onehot_frac']:.0%} near one-hot), "
+        f"collapsed as deployed at T={td:g}: entropy {ev['deploy_entropy']:.2f} nats against the targets' "
+        f"{ev['target_entropy']:.2f}, {ev['deploy_onehot_frac']:.0%} near one-hot against "
+        f"{ev['target_onehot_frac']:.0%} of the targets",
         ev,
     )
 
@@ -279,6 +337,7 @@ _DESCRIBERS = {
     "dominant_class": _dominant_class,
     "low_entropy": _low_entropy,
     "too_uniform": _too_uniform,
+    "deployed_collapse": _deployed_collapse,
 }
 
 

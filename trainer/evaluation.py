@@ -48,10 +48,12 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: i
 
     Confidence is the max probability; bin b holds (b/n, (b+1)/n], the first bin also holds 0.
     ECE = sum_b (n_b/N) |acc_b - conf_b|, signed = sum_b (n_b/N) (conf_b - acc_b).
+    With soft targets a prediction is right with the probability its target gives the predicted
+    class, t[i, argmax p_i] (1 or 0 for hard labels), so a predictor with p = t scores 0.
     """
-    p = _as_float(probs)
+    p, t = _as_float(probs), _as_float(targets)
     conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == np.argmax(targets, axis=1)).astype(np.float64)
+    correct = t[np.arange(len(p)), p.argmax(axis=1)]
     interior = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
     bins = np.digitize(conf, interior, right=True)  # right=True: each bin is closed on its upper edge
     n = conf.shape[0]
@@ -80,8 +82,29 @@ def confusion_matrix(target_argmax: np.ndarray, pred_argmax: np.ndarray, num_cla
     return matrix
 
 
-def evaluate_predictions(probs: np.ndarray, targets: np.ndarray, objective: float, step: int, epoch: int) -> EvalRecord:
-    """Every EVAL_METRICS value plus the class histograms and confusion matrix of one validation pass."""
+def _deployed_metrics(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
+    maxprob = p.max(axis=1)
+    return {
+        "deploy_kl": kl_divergence(t, p),
+        "deploy_ece": expected_calibration_error(p, t)[0],
+        "deploy_entropy_mean": float(entropy(p).mean()),
+        "deploy_onehot_frac": float((maxprob > ONEHOT_THRESHOLD).mean()),
+        "deploy_maxprob_mean": float(maxprob.mean()),
+    }
+
+
+def evaluate_predictions(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    objective: float,
+    step: int,
+    epoch: int,
+    deployed_probs: np.ndarray | None = None,
+) -> EvalRecord:
+    """Every EVAL_METRICS value plus the class histograms and confusion matrix of one validation pass.
+
+    `deployed_probs` are the same predictions at the deployment temperature (default: `probs`).
+    """
     p, t = _as_float(probs), _as_float(targets)
     if p.ndim != 2 or p.shape != t.shape or p.shape[0] == 0:
         raise ValueError(f"probs and targets must be (N, C) with N > 0 and equal shapes, got {p.shape} and {t.shape}")
@@ -100,6 +123,7 @@ def evaluate_predictions(probs: np.ndarray, targets: np.ndarray, objective: floa
         "target_entropy_mean": float(entropy(t).mean()),
         "onehot_frac": float((maxprob > ONEHOT_THRESHOLD).mean()),
         "maxprob_mean": float(maxprob.mean()),
+        **_deployed_metrics(p if deployed_probs is None else _as_float(deployed_probs), t),
     }
     pred, target = p.argmax(axis=1), t.argmax(axis=1)
     return EvalRecord(

@@ -19,7 +19,7 @@ from trainer.config import TrainConfig, from_dict
 from trainer.data import SoftLabelData, load_data
 from trainer.detector import CollapseDetector
 from trainer.evaluation import evaluate_predictions
-from trainer.losses import LossParts, balanced_class_weights, objective_from_config
+from trainer.losses import LossParts, balanced_class_weights, objective_from_config, smooth_targets
 from trainer.model import MLP
 from trainer.monitor import StatsRecorder
 from trainer.records import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
@@ -37,8 +37,8 @@ def resolve_device(name: str) -> torch.device:
 def resolve_class_weights(cfg: TrainConfig, train_targets: torch.Tensor) -> torch.Tensor | None:
     if cfg.class_weights is None:
         return None
-    if cfg.class_weights == "balanced":
-        return balanced_class_weights(train_targets)
+    if cfg.class_weights == "balanced":  # from the targets the weights multiply: the smoothed ones
+        return balanced_class_weights(smooth_targets(train_targets, cfg.label_smoothing))
     return torch.tensor(cfg.class_weights, dtype=torch.float32, device=train_targets.device)
 
 
@@ -48,11 +48,17 @@ def get_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return cfg.lr
 
 
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    # the base decay applies to every layer; the head's extra L2 is a loss term (logged on its own)
+def make_optimizer(cfg: TrainConfig, model: MLP) -> torch.optim.Optimizer:
+    """The base decay on every parameter; the head's weight in a group of its own with the extra decay
+    on top, decoupled under AdamW (lr * wd * w per step, whatever the gradient's scale)."""
+    head = model.head.weight
+    groups = [
+        {"params": [p for p in model.parameters() if p is not head], "weight_decay": cfg.weight_decay},
+        {"params": [head], "weight_decay": cfg.weight_decay + cfg.final_layer_weight_decay},
+    ]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def optimization_step(
@@ -67,7 +73,7 @@ def optimization_step(
     logits = model(x)  # (B, C)
     parts = objective_from_config(logits, t, model.head.weight, cfg, class_weights)
     optimizer.zero_grad(set_to_none=True)
-    parts.total.backward()
+    parts.trained.backward()
     params = [p for p in model.parameters() if p.grad is not None]
     if cfg.max_grad_norm is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
@@ -110,8 +116,9 @@ class _Run:
             c,
             device,
             capacity=cfg.flush_batches,
-            label_smoothing=cfg.label_smoothing,
             max_grad_norm=cfg.max_grad_norm,
+            temperature=cfg.temperature,
+            deploy_temperature=cfg.deploy_temperature,
         )
         self.detector = CollapseDetector(cfg, data.profile, self.steps_per_epoch)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -129,6 +136,7 @@ class _Run:
         logits, parts, grad_norm = optimization_step(self.model, self.optimizer, x, t, cfg, self.class_weights)
         if self.step % cfg.stats_interval == 0:
             record_step(self.recorder, logits, parts, grad_norm, self.step, epoch, lr)
+        self.recorder.count(len(idx))
         self.step += 1
 
     def deliver(self, chunks: list[BatchChunk]) -> None:
@@ -153,12 +161,14 @@ class _Run:
         logits = torch.cat([self.model(xb) for xb in self.x_val.split(4096)])
         parts = objective_from_config(logits, self.t_val, self.model.head.weight, self.cfg, self.class_weights)
         self.model.train()
+        deployed = torch.softmax(logits.double() / self.cfg.deploy_temperature, dim=-1)
         record = evaluate_predictions(
             parts.probs.double().cpu().numpy(),
             self.t_val.double().cpu().numpy(),
             float(parts.total),
             self.step,
             epoch,
+            deployed_probs=deployed.cpu().numpy(),
         )
         self.last_eval = record
         self.sink.on_eval(record)

@@ -3,6 +3,10 @@
 objective = soft CE(softmax(z / T), smoothed targets; class weights)
           + entropy_weight * mean_i penalty(h_min_i - H_i)
           + final_layer_weight_decay * ||W_head||^2
+
+The last term is logged, not differentiated: the optimiser applies the head's extra decay decoupled
+(its own parameter group), because an L2 gradient goes through Adam's normalisation and its strength
+then barely matters. `LossParts.trained` is what backward runs on.
 """
 
 from __future__ import annotations
@@ -24,14 +28,20 @@ def smooth_targets(targets: torch.Tensor, eps: float) -> torch.Tensor:
     return targets * (1.0 - eps) + eps / targets.shape[-1]
 
 
-def balanced_class_weights(targets: torch.Tensor) -> torch.Tensor:
-    """w_c = 1 / (C * m_c) with m_c the class's share of target MASS (not argmax counts).
+# The largest balanced weight before renormalisation: a class with almost no target mass would
+# otherwise get a weight of 10^5 and the loss would fit nothing else.
+CLASS_WEIGHT_CAP = 10.0
 
-    So sum_c m_c * w_c = 1: on the training distribution the weighted loss keeps the scale of the
-    unweighted one. A class with no target mass at all is clamped to mass 1e-6.
+
+def balanced_class_weights(targets: torch.Tensor, cap: float = CLASS_WEIGHT_CAP) -> torch.Tensor:
+    """w_c = 1 / (C * m_c) with m_c the class's share of target MASS (not argmax counts), capped at `cap`.
+
+    Pass the targets the loss weights (smoothed). After the cap the weights are rescaled so that
+    sum_c m_c * w_c = 1: on the training distribution the weighted loss keeps the unweighted scale.
     """
-    mass = targets.float().mean(dim=0).clamp_min(1e-6)  # (C,)
-    return 1.0 / (targets.shape[-1] * mass)
+    mass = targets.float().mean(dim=0).clamp_min(1e-12)  # (C,)
+    w = (1.0 / (targets.shape[-1] * mass)).clamp(max=cap)
+    return w / (mass * w).sum()
 
 
 def entropy(log_probs: torch.Tensor) -> torch.Tensor:
@@ -68,7 +78,8 @@ def entropy_penalty(h: torch.Tensor, h_min: torch.Tensor | float, kind: str) -> 
 class LossParts:
     """The objective, its terms, and the tensors it computed on the way (reused by the statistics)."""
 
-    total: torch.Tensor
+    total: torch.Tensor  # the objective's value, every term included
+    trained: torch.Tensor  # ce + entropy_term: what backward runs on (the head decay is the optimiser's)
     ce: torch.Tensor
     entropy_term: torch.Tensor
     final_l2: torch.Tensor
@@ -111,9 +122,10 @@ def objective(
     ce = soft_cross_entropy(log_probs, t, class_weights)
     h_min = torch.clamp(h_t, max=min_entropy) if cap_entropy_at_target else min_entropy
     ent = entropy_weight * entropy_penalty(h, h_min, entropy_penalty_kind)
-    head_sq = head_weight.square().sum()  # computed even without the L2 term: the statistics read it
+    head_sq = head_weight.detach().square().sum()  # logged even without the decay: the statistics read it
     l2 = final_layer_weight_decay * head_sq
-    return LossParts(ce + ent + l2, ce, ent, l2, log_probs, probs, h, t, h_t, head_sq)
+    trained = ce + ent
+    return LossParts(trained + l2, trained, ce, ent, l2, log_probs, probs, h, t, h_t, head_sq)
 
 
 def objective_from_config(

@@ -33,6 +33,9 @@ _PER_SAMPLE_MEANS = (
     "target_entropy_mean",
     "onehot_frac",
     "target_onehot_frac",
+    "deploy_entropy_mean",
+    "deploy_maxprob_mean",
+    "deploy_onehot_frac",
 )
 DEVICE_COLUMNS = (
     *STEP_COLUMNS,
@@ -42,6 +45,7 @@ DEVICE_COLUMNS = (
     "logit_range",
     "logit_mean",
     "logit_std",
+    "logit_spread_max",
     "entropy_min",
     "entropy_p10",
     "hist_top_share",
@@ -63,7 +67,7 @@ def chunk_stats(
     step_values: torch.Tensor,
     *,
     max_grad_norm: float | None,
-    target_onehot_threshold: float = ONE_HOT_THRESHOLD,
+    deploy_temperature: float | None = None,
 ) -> torch.Tensor:
     """Statistics of n batches of B samples and C classes, in DEVICE_COLUMNS order, then the class
     histogram: an (n, len(DEVICE_COLUMNS) + C) tensor in the dtype of `probs`.
@@ -71,7 +75,8 @@ def chunk_stats(
     logits (n, B, C) raw; probs (n, B, C) = softmax(logits / T); entropy (n, B) of probs; targets
     (n, B, C) as the loss saw them (smoothed) and their entropies (n, B); step_values (n, 6): the
     loss terms, grad norm and ||W_head||^2 (STEP_COLUMNS with the head norm squared).
-    `target_onehot_threshold` applies to the smoothed targets (see `smoothed_threshold`).
+    `deploy_temperature`: the predictions as deployed are softmax(logits / deploy_temperature);
+    None when it equals the training temperature (then they are `probs` themselves).
     """
     n, b, c = logits.shape
     dtype = probs.dtype
@@ -85,6 +90,12 @@ def chunk_stats(
         margin = torch.zeros_like(entropy)
         pred = torch.zeros_like(entropy, dtype=torch.long)
     maxprob = probs.amax(-1)  # (n, B)
+    if deploy_temperature is None:
+        deploy_entropy, deploy_maxprob = entropy, maxprob
+    else:
+        log_pd = F.log_softmax(logits.to(dtype) / deploy_temperature, dim=-1)
+        pd = log_pd.exp()
+        deploy_entropy, deploy_maxprob = -(pd * log_pd).sum(-1), pd.amax(-1)
     # histogram by scatter_add: bincount / one_hot read the max back to the host on CUDA
     hist = torch.zeros(n, c, dtype=dtype, device=probs.device)
     hist.scatter_add_(1, pred, hist.new_full((), 1.0 / b).expand(n, b))
@@ -96,15 +107,20 @@ def chunk_stats(
                 margin.to(dtype),
                 target_entropy,
                 maxprob > ONE_HOT_THRESHOLD,
-                targets.amax(-1) > target_onehot_threshold,
+                targets.amax(-1) > ONE_HOT_THRESHOLD,
+                deploy_entropy,
+                deploy_maxprob,
+                deploy_maxprob > ONE_HOT_THRESHOLD,
             ],
             dim=1,
         ).sum(-1)
         / b
-    )  # (n, 6) in _PER_SAMPLE_MEANS order
+    )  # (n, 9) in _PER_SAMPLE_MEANS order
     flat = logits.reshape(n, -1)
     zmin, zmax = torch.aminmax(flat, dim=1)
     zmean, zstd = _mean_std(flat)
+    # per sample, centred on its own mean logit: a shift shared by a sample's logits changes nothing
+    spread = (logits - logits.sum(-1, keepdim=True) / c).abs().reshape(n, -1).amax(1)
     # output and target diversity: per class, the spread over the batch, averaged over classes
     both = torch.cat([probs, targets], dim=-1).transpose(1, 2)  # (n, 2C, B)
     diversity = _mean_std(both)[1].view(n, 2, c).mean(-1)  # (n, 2)
@@ -114,7 +130,7 @@ def chunk_stats(
         step_values[:, :5],
         step_values[:, 5:].sqrt(),  # head_weight_norm
         per_sample,
-        torch.stack([zmax, zmin, zmax - zmin, zmean, zstd], dim=1).to(dtype),
+        torch.stack([zmax, zmin, zmax - zmin, zmean, zstd, spread], dim=1).to(dtype),
         entropy.amin(1, keepdim=True),
         entropy.kthvalue(max(1, math.ceil(0.1 * b)), dim=1, keepdim=True).values,
         hist.amax(1, keepdim=True),
@@ -134,10 +150,9 @@ def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.squeeze(-1), ((dev * dev).sum(-1) / k).sqrt()
 
 
-def smoothed_threshold(label_smoothing: float, num_classes: int) -> float:
-    """The one-hot threshold on raw targets, carried over to smoothed ones: smoothing is monotone,
-    so raw max > 0.99 exactly when smoothed max > 0.99 (1 - eps) + eps / C."""
-    return ONE_HOT_THRESHOLD * (1.0 - label_smoothing) + label_smoothing / num_classes
+def deploy_scale(temperature: float, deploy_temperature: float) -> float | None:
+    """chunk_stats' `deploy_temperature`: None when the deployed view is the trained one."""
+    return None if deploy_temperature == temperature else deploy_temperature
 
 
 def split_stats(rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -154,6 +169,7 @@ def stats_from_logits(
     temperature: float,
     label_smoothing: float,
     max_grad_norm: float | None,
+    deploy_temperature: float = 1.0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """chunk_stats from logits and raw targets alone (n, B, C), computing what the loss would have
     held; step_values (n, 6) as STEP_COLUMNS with the head norm itself. For tests and one-off use."""
@@ -170,7 +186,7 @@ def stats_from_logits(
         losses.target_entropy(t),
         values,
         max_grad_norm=max_grad_norm,
-        target_onehot_threshold=smoothed_threshold(label_smoothing, logits.shape[-1]),
+        deploy_temperature=deploy_scale(temperature, deploy_temperature),
     )
     return split_stats(rows)
 
@@ -202,18 +218,20 @@ class StatsRecorder:
         device: torch.device,
         capacity: int,
         *,
-        label_smoothing: float = 0.0,
         max_grad_norm: float | None = None,
+        temperature: float = 1.0,
+        deploy_temperature: float = 1.0,
     ) -> None:
         self.num_classes, self.device, self.capacity = num_classes, device, capacity
         self._max_grad_norm = max_grad_norm
-        self._target_threshold = smoothed_threshold(label_smoothing, num_classes)
+        self._deploy = deploy_scale(temperature, deploy_temperature)
         self._tensors: list[tuple[torch.Tensor, ...]] = []  # per batch: logits, probs, entropy, targets, h_t
         self._scalars: list[torch.Tensor] = []  # per batch: the six 0-d tensors of STEP_COLUMNS (head squared)
         self._batch = 0
         self._steps: list[int] = []
         self._epochs: list[int] = []
         self._lrs: list[float] = []
+        self._trained = 0  # samples trained since the last flush, recorded batches or not
         self._since = time.perf_counter()
         self._pending: deque[_Pending] = deque()
 
@@ -234,6 +252,10 @@ class StatsRecorder:
         self._epochs.append(epoch)
         self._lrs.append(lr)
 
+    def count(self, samples: int) -> None:
+        """Every step, recorded or not: samples/s is the training throughput, not the recorded one."""
+        self._trained += samples
+
     def flush(self) -> None:
         n = len(self._steps)
         if n == 0:
@@ -252,7 +274,7 @@ class StatsRecorder:
                 target_entropy,
                 values,
                 max_grad_norm=self._max_grad_norm,
-                target_onehot_threshold=self._target_threshold,
+                deploy_temperature=self._deploy,
             )  # (n, K + C)
         self._tensors, self._scalars = [], []
         event = None
@@ -263,10 +285,9 @@ class StatsRecorder:
             event.record()
         else:
             host = rows
-        self._pending.append(
-            _Pending(host, event, self._steps, self._epochs, self._lrs, n * self._batch, now - self._since)
-        )
-        self._steps, self._epochs, self._lrs, self._since = [], [], [], now
+        samples = self._trained or n * self._batch  # a caller that never counts: the recorded batches
+        self._pending.append(_Pending(host, event, self._steps, self._epochs, self._lrs, samples, now - self._since))
+        self._steps, self._epochs, self._lrs, self._since, self._trained = [], [], [], now, 0
 
     def ready(self, wait: bool = False) -> list[BatchChunk]:
         """Chunks whose copy has landed; with `wait`, all of them (a sync point, used at the end)."""

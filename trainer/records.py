@@ -26,6 +26,7 @@ BATCH_COLUMNS: tuple[str, ...] = (
     "logit_mean",
     "logit_std",
     "logit_margin",  # mean top-1 minus top-2 raw logit
+    "logit_spread_max",  # largest |z_ic - mean_c z_ic|: a sample's own shift, which softmax ignores, removed
     # prediction entropy (nats) of softmax(logits / T), and the targets' beside it
     "entropy_mean",
     "entropy_min",
@@ -34,7 +35,11 @@ BATCH_COLUMNS: tuple[str, ...] = (
     # confidence and diversity
     "maxprob_mean",
     "onehot_frac",  # share of predictions with max-probability > 0.99
-    "target_onehot_frac",
+    "target_onehot_frac",  # share of the targets the loss fits (smoothed) with max > 0.99
+    # the same predictions as deployed: softmax(logits / deploy_temperature), T = 1 by default
+    "deploy_entropy_mean",
+    "deploy_maxprob_mean",
+    "deploy_onehot_frac",
     "hist_top_share",  # largest share of the predicted-class histogram
     "hist_eff_classes",  # exp(entropy of the predicted-class histogram)
     "output_diversity",  # mean over classes of the std of p across the batch
@@ -53,13 +58,19 @@ EVAL_METRICS: tuple[str, ...] = (
     "soft_ce",  # plain soft cross-entropy against the raw targets, no weights or smoothing
     "kl",  # KL(target || prediction), mean over samples
     "accuracy",  # argmax(prediction) == argmax(target)
-    "ece",  # expected calibration error, 15 equal-width bins
+    "ece",  # expected calibration error, 15 equal-width bins, accuracy as the target's mass on the prediction
     "ece_signed",  # sum of bin weight * (confidence - accuracy): > 0 overconfident
     "brier",  # mean over samples of sum_c (p_c - t_c)^2
     "entropy_mean",  # mean prediction entropy (nats)
     "target_entropy_mean",  # mean entropy of the raw targets (nats)
     "onehot_frac",
     "maxprob_mean",
+    # as deployed, softmax(logits / deploy_temperature), against the raw targets
+    "deploy_kl",
+    "deploy_ece",
+    "deploy_entropy_mean",
+    "deploy_onehot_frac",
+    "deploy_maxprob_mean",
 )
 
 

@@ -27,6 +27,8 @@ def test_every_config_field_has_an_input_or_comes_from_the_dataset_choice() -> N
 def _errors_for(name: str, value: float) -> list[str]:
     head, _, tail = name.partition(".")
     values = {"data": {tail: value}} if tail else {head: value}
+    if name == "momentum":  # momentum applies to SGD only
+        values["optimizer"] = "sgd"
     try:
         from_dict(values, base="fixed")
     except ConfigError as err:

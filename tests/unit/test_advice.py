@@ -57,7 +57,7 @@ def test_rung_counts_how_far_up_the_ladder_a_value_is():
     pos = ladder_position(preset("fixed").replace(label_smoothing=0.22, max_grad_norm=0.5))
     assert pos["label_smoothing"]["rung"] == 2 and pos["max_grad_norm"]["rung"] == 3
     assert pos["entropy_penalty"] == {"value": "quadratic", "rung": 1, "next": None, "ladder": ["quadratic"]}
-    assert pos["lr"]["next"] == pytest.approx(preset("fixed").lr / 2)
+    assert pos["lr"]["next"] == pytest.approx(preset("fixed").lr * 0.3)
 
 
 def test_advice_proposes_the_first_knob_with_a_rung_left():
@@ -81,18 +81,25 @@ def test_every_knob_exhausted_means_lowering_the_learning_rate():
     )  # fmt: skip
     for kind in ("one_hot", "low_entropy", "exploding_logits", "exploding_gradients"):
         advice = advise(kind, top)
-        assert advice.overrides == {"lr": pytest.approx(0.15)}, kind
-        assert "learning rate" in advice.message and "0.3" in advice.message and "0.15" in advice.message
+        assert advice.overrides == {"lr": pytest.approx(0.09)}, kind
+        assert "learning rate" in advice.message and "0.3" in advice.message and "0.09" in advice.message
 
 
-def test_mode_collapse_puts_the_learning_rate_first_or_second():
-    fixed = preset("fixed")  # clipping already on: the learning rate comes first
-    assert advise("dominant_class", fixed).overrides == {"lr": fixed.lr / 2}
-    prone = preset("collapse-prone")  # clipping off: turning it on first, the learning rate next
-    first = advise("dominant_class", prone)
-    assert first.overrides == {"max_grad_norm": 1.0}
-    assert advise("dominant_class", prone.replace(**first.overrides)).overrides == {"lr": prone.lr / 2}
-    assert "learning rate" in advise("dominant_class", fixed).message
+def test_optimisation_collapses_put_the_learning_rate_first_in_geometric_steps():
+    # clipping first helped 0 of 18 mode collapses: with or without it, the step size comes first
+    for name in ("fixed", "collapse-prone"):
+        cfg = preset(name)
+        for kind in ("dominant_class", "exploding_logits"):
+            assert advise(kind, cfg).overrides == {"lr": pytest.approx(cfg.lr * 0.3)}, (name, kind)
+    assert "learning rate" in advise("dominant_class", preset("fixed")).message
+
+
+def test_a_collapse_hidden_by_the_temperature_trains_at_the_deployment_temperature():
+    cfg = preset("fixed")  # T = 4, deployed at T = 1
+    advice = advise("deployed_collapse", cfg)
+    assert advice.overrides == {"temperature": 1.0}
+    assert "deployment temperature" in advice.message
+    assert advise("deployed_collapse", cfg.replace(temperature=1.0)).overrides == {"label_smoothing": 0.2}
 
 
 def test_following_the_advice_walks_every_ladder_to_the_learning_rate():

@@ -26,8 +26,9 @@ BASE = {
 }
 
 
-def run(overrides: dict, steps: int | None = None) -> ListSink:
-    cfg = from_dict({**BASE, **overrides, "data": {**BASE["data"], **overrides.get("data", {})}})
+def run(overrides: dict, steps: int | None = None, data: dict | None = None) -> ListSink:
+    data = {**BASE["data"], **overrides.get("data", {})} if data is None else data
+    cfg = from_dict({**BASE, **overrides, "data": data})
     sink = ListSink()
     calls = iter(range(10**9))
     result = train(cfg, sink, should_stop=(lambda: next(calls) >= steps) if steps else None)
@@ -50,6 +51,7 @@ def n_steps(s: ListSink) -> int:
 PROBES: dict[str, tuple[dict, Callable[[ListSink], object], int | None]] = {
     "label_smoothing": ({"label_smoothing": 0.3}, first("target_entropy_mean"), 1),
     "temperature": ({"temperature": 0.5}, first("entropy_mean"), 1),
+    "deploy_temperature": ({"deploy_temperature": 2.0}, first("deploy_entropy_mean"), 1),
     "entropy_weight": ({"entropy_weight": 9.0}, first("loss_entropy"), 1),
     "min_entropy": ({"min_entropy": 1.0}, first("loss_entropy"), 1),
     "entropy_penalty": ({"entropy_penalty": "linear"}, first("loss_entropy"), 1),
@@ -116,9 +118,7 @@ def test_table_data_reaches_the_step(tmp_path):
     path = tmp_path / "t.csv"
     rows = ["f0,f1,label"] + [f"{a:.3f},{b:.3f},{int(a > 0) + 2 * int(b > 0)}" for a, b in rng.normal(size=(80, 2))]
     path.write_text("\n".join(rows) + "\n")
-    sink = run(
-        {"data": {"kind": "table", "path": str(path), "label_column": "label", "num_classes": 4}, "min_entropy": 1.0},
-        steps=1,
-    )
+    table = {"kind": "table", "path": str(path), "label_column": "label", "num_classes": 4}
+    sink = run({"min_entropy": 1.0}, steps=1, data=table)
     assert sink.info.profile.n_features == 2 and sink.info.num_classes == 4
     assert sink.info.profile.target_onehot_frac == 1.0, "hard labels become one-hot targets"

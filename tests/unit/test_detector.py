@@ -14,8 +14,8 @@ from trainer.detector import CollapseDetector
 from trainer.records import BATCH_COLUMNS, BatchChunk, DataProfile, EvalRecord
 
 C = 8
-STEPS_PER_EPOCH = 25  # warm-up is then max(12, 50) = 50 batches
-WARMUP = 50
+STEPS_PER_EPOCH = 25  # warm-up is then half an epoch, 12 batches; persistence a quarter, 6 rows
+WARMUP = 12
 Value = float | np.ndarray | Callable[[np.ndarray], np.ndarray]
 
 
@@ -30,8 +30,9 @@ def peaky_profile(entropy: float = 0.1, onehot: float = 0.4) -> DataProfile:
 HEALTHY: dict[str, float] = {
     "loss": 1.2, "loss_ce": 1.0, "loss_entropy": 0.15, "loss_final_l2": 0.05,
     "logit_max": 15.0, "logit_min": -14.0, "logit_range": 29.0, "logit_mean": 0.0, "logit_std": 4.0,
-    "logit_margin": 3.0, "entropy_mean": 1.3, "entropy_min": 0.6, "entropy_p10": 0.9,
+    "logit_margin": 3.0, "logit_spread_max": 14.5, "entropy_mean": 1.3, "entropy_min": 0.6, "entropy_p10": 0.9,
     "target_entropy_mean": 0.7, "maxprob_mean": 0.6, "onehot_frac": 0.0, "target_onehot_frac": 0.4,
+    "deploy_entropy_mean": 0.6, "deploy_maxprob_mean": 0.8, "deploy_onehot_frac": 0.3,
     "hist_top_share": 0.2, "hist_eff_classes": 7.6, "output_diversity": 0.15, "target_diversity": 0.3,
     "grad_norm": 0.5, "clipped": 0.0, "head_weight_norm": 4.0, "lr": 0.25, "samples_per_s": 1e4,
 }  # fmt: skip
@@ -84,18 +85,24 @@ def test_healthy_run_on_peaky_targets_raises_nothing():
 
 
 def test_healthy_warm_up_with_wild_early_statistics_raises_nothing():
-    # the first 50 batches look alarming (uniform start, one class winning, sharp spikes) and then settle
+    # the warm-up looks alarming (uniform start, one class winning, sharp spikes short of critical), then settles
     early = {
         "entropy_mean": after(WARMUP, 1.3, 2.07),
         "onehot_frac": after(WARMUP, 0.0, 0.9),
-        "logit_max": after(WARMUP, 15.0, 60.0),
+        "logit_spread_max": after(WARMUP, 14.5, 60.0),
     }
     top = lambda s: np.where((s < WARMUP)[:, None], np.eye(C)[0], np.full(C, 1 / C))  # noqa: E731
     assert run_stream(200, early, top).warnings == []
 
 
+def test_one_hot_predictions_no_sharper_than_the_targets_are_no_collapse():
+    # peaky targets are 40% one-hot: 75% one-hot predictions at the targets' own entropy stay quiet
+    det = run_stream(400, {"onehot_frac": after(120, 0.75, 0.0), "entropy_mean": 0.7, "target_entropy_mean": 0.7})
+    assert "one_hot" not in kinds(det)
+
+
 def test_one_hot_collapse_raised_once_at_its_first_step():
-    det = run_stream(400, {"onehot_frac": after(120, 0.75, 0.0), "entropy_mean": after(120, 0.3, 1.3)})
+    det = run_stream(400, {"onehot_frac": after(120, 0.75, 0.0), "entropy_mean": after(120, 0.05, 1.3)})
     w = one(det, "one_hot")
     assert w.step == 120 and w.severity == "warning"
     assert w.evidence["onehot_frac"] == pytest.approx(0.75)
@@ -131,7 +138,7 @@ def test_class_that_is_common_in_the_targets_may_be_common_in_the_predictions():
 @pytest.mark.parametrize(("temperature", "raw", "fires"), [(1.0, 15.0, True), (4.0, 15.0, False), (4.0, 60.0, True)])
 def test_exploding_logits_are_judged_after_temperature(temperature, raw, fires):
     config = preset("fixed").replace(temperature=temperature)
-    det = run_stream(300, {"logit_max": after(100, raw, 5.0), "logit_min": -5.0}, config=config)
+    det = run_stream(300, {"logit_spread_max": after(100, raw, 5.0)}, config=config)
     assert ("exploding_logits" in kinds(det)) == fires
     if fires:
         w = one(det, "exploding_logits")
@@ -140,23 +147,43 @@ def test_exploding_logits_are_judged_after_temperature(temperature, raw, fires):
 
 
 def test_logits_shifted_together_are_not_exploding():
-    # softmax ignores a shared shift: logits all near +50 with a spread of ±5 are harmless at T=1
-    shifted = {"logit_max": 55.0, "logit_min": 45.0, "logit_mean": 50.0}
+    # softmax ignores a shift shared by a sample's logits: samples at +50 and at -50, each with a
+    # spread of ±5, span 100 in the batch and are harmless at T=1 (the per-batch measure raised them)
+    shifted = {"logit_max": 55.0, "logit_min": -55.0, "logit_mean": 0.0, "logit_spread_max": 5.0}
     assert run_stream(300, shifted, config=preset("fixed").replace(temperature=1.0)).warnings == []
 
 
 def test_logits_beyond_a_hundred_are_critical():
-    det = run_stream(
-        300, {"logit_max": after(100, 500.0, 5.0), "logit_min": -5.0}, config=preset("fixed").replace(temperature=1.0)
-    )
+    det = run_stream(300, {"logit_spread_max": after(100, 500.0, 5.0)}, config=preset("fixed").replace(temperature=1.0))
     assert one(det, "exploding_logits").severity == "critical"
+
+
+def test_critical_logits_fire_in_the_warm_up_at_their_onset():
+    # logits / T past 100 from the second batch: not a transient to wait out
+    det = run_stream(60, {"logit_spread_max": after(1, 2000.0, 5.0)}, chunk=10)
+    w = one(det, "exploding_logits")
+    assert (w.severity, w.step) == ("critical", 1)
+    assert w.evidence["raised_at_step"] < 10, "within 10 batches of the onset"
+
+
+def test_a_single_critical_row_does_not_make_a_warning_critical():
+    spikes = lambda s: np.where(s < 100, 5.0, np.where(s % 7 == 0, 500.0, 60.0))  # noqa: E731
+    det = run_stream(300, {"logit_spread_max": spikes})
+    assert [(w.severity, w.step) for w in det.warnings if w.kind == "exploding_logits"] == [("warning", 100)]
+
+
+def test_a_collapse_from_the_first_batch_is_reported_from_its_onset_within_an_epoch():
+    det = run_stream(200, {"onehot_frac": after(2, 0.8, 0.0), "entropy_mean": after(2, 0.05, 1.3)})
+    w = one(det, "one_hot")
+    assert w.step == 2, "the onset, not the end of the warm-up"
+    assert w.evidence["raised_at_step"] - w.step < STEPS_PER_EPOCH
 
 
 def test_growing_logits_escalate_from_warning_to_critical():
     config = preset("fixed").replace(temperature=1.0)
     det = run_stream(
         300,
-        {"logit_max": lambda s: np.where(s < 100, 5.0, np.where(s < 200, 20.0, 300.0)), "logit_min": -5.0},
+        {"logit_spread_max": lambda s: np.where(s < 100, 5.0, np.where(s < 200, 20.0, 300.0))},
         config=config,
     )
     raised = [(w.severity, w.step) for w in det.warnings if w.kind == "exploding_logits"]
@@ -202,6 +229,31 @@ def test_too_uniform_when_targets_are_peaky():
     assert w.advice.overrides == {"cap_entropy_at_target": True}
 
 
+def test_too_uniform_is_relative_to_the_targets_not_to_ln_c():
+    # peaky targets (0.1 nats) held at 1.5 nats: far from uniform (2.08), far flatter than the data
+    det = run_stream(400, {"entropy_mean": after(200, 1.5, 0.3), "target_entropy_mean": 0.1})
+    assert one(det, "too_uniform").step == 200
+    # the same entropy on smooth targets (1.3 nats) is a fit, not over-smoothing
+    smooth = {"entropy_mean": 1.5, "target_entropy_mean": 1.3, "deploy_entropy_mean": 1.2, "deploy_onehot_frac": 0.0}
+    assert run_stream(400, smooth, profile=peaky_profile(entropy=1.3, onehot=0.0)).warnings == []
+
+
+def test_collapse_hidden_by_the_temperature_is_raised_for_the_deployed_view():
+    # healthy at T=4 (entropy 1.6 against targets' 1.3), one-hot at T=1
+    profile = peaky_profile(entropy=1.3, onehot=0.0)
+    stream = {
+        "entropy_mean": 1.6, "target_entropy_mean": 1.3, "target_onehot_frac": 0.0,
+        "deploy_entropy_mean": after(100, 0.4, 1.2), "deploy_onehot_frac": after(100, 0.5, 0.0),
+    }  # fmt: skip
+    w = one(run_stream(300, stream, profile=profile), "deployed_collapse")
+    assert w.step == 100 and w.evidence["deploy_onehot_frac"] == 0.5
+    assert "T=4" in w.message and "T=1" in w.message
+    assert w.advice.overrides == {"temperature": 1.0}
+    # deployed at the training temperature there is nothing hidden to report
+    same = preset("fixed").replace(deploy_temperature=4.0)
+    assert "deployed_collapse" not in kinds(run_stream(300, stream, profile=profile, config=same))
+
+
 def test_flickering_condition_never_fires():
     flicker = lambda s: np.where((s >= 100) & (s % 2 == 0), 0.9, 0.0)  # noqa: E731
     det = run_stream(500, {"onehot_frac": flicker, "entropy_mean": 1.3})
@@ -214,12 +266,15 @@ def test_persisting_condition_is_raised_once_and_again_only_after_clearing():
         first = (s >= 100) & (s < 250) & ~((s >= 180) & (s < 185))
         return np.where(first | (s >= 350), 0.75, 0.0)
 
-    det = run_stream(500, {"onehot_frac": onehot})
+    det = run_stream(500, {"onehot_frac": onehot, "entropy_mean": lambda s: np.where(onehot(s) > 0, 0.05, 1.3)})
     assert [(w.kind, w.step) for w in det.warnings] == [("one_hot", 100), ("one_hot", 350)]
 
 
 def test_chunk_size_does_not_change_what_is_raised():
-    cols = {"onehot_frac": after(123, 0.75, 0.0), "grad_norm": after(300, np.nan, 0.5)}
+    cols = {
+        "onehot_frac": after(123, 0.75, 0.0), "entropy_mean": after(123, 0.05, 1.3),
+        "grad_norm": after(300, np.nan, 0.5),
+    }  # fmt: skip
     a = [(w.kind, w.step, w.severity) for w in run_stream(400, cols, chunk=1).warnings]
     b = [(w.kind, w.step, w.severity) for w in run_stream(400, cols, chunk=97).warnings]
     assert a == b == [("one_hot", 123, "warning"), ("nonfinite_gradients", 300, "critical")]
@@ -237,6 +292,14 @@ def test_val_loss_jump_needs_two_passes_or_one_big_jump():
     det = CollapseDetector(preset("fixed"), peaky_profile(), STEPS_PER_EPOCH)
     raised = [det.observe_eval(_eval(25 * (i + 1), v)) for i, v in enumerate([1.0, 0.5, 2.0])]
     assert raised[2] and raised[2][0].step == 75 and raised[2][0].evidence["ratio"] == pytest.approx(4.0)
+
+
+def test_val_loss_jump_escalates_and_clears():
+    det = CollapseDetector(preset("fixed"), peaky_profile(), STEPS_PER_EPOCH)
+    values = [1.0, 4.0, 30.0, 40.0, 1.1, 4.0]
+    raised = [det.observe_eval(_eval(25 * (i + 1), v)) for i, v in enumerate(values)]
+    assert [[w.severity for w in r] for r in raised] == [[], ["warning"], ["critical"], [], [], ["warning"]]
+    assert raised[2][0].message.startswith("Now critical")
 
 
 def test_nonfinite_validation_objective_is_critical():

@@ -82,7 +82,7 @@ def _ece_reference(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> 
         if not members:
             continue
         conf_b = sum(max(probs[i]) for i in members) / len(members)
-        acc_b = sum(int(np.argmax(probs[i]) == np.argmax(targets[i])) for i in members) / len(members)
+        acc_b = sum(targets[i][int(np.argmax(probs[i]))] for i in members) / len(members)
         ece += len(members) / n * abs(acc_b - conf_b)
         signed += len(members) / n * (conf_b - acc_b)
     return ece, signed

@@ -12,11 +12,15 @@ from trainer.monitor import DEVICE_COLUMNS, STEP_COLUMNS, StatsRecorder, stats_f
 from trainer.records import BATCH_COLUMNS
 
 
-def _reference(z: np.ndarray, raw_t: np.ndarray, temperature: float, eps: float) -> dict[str, float]:
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _reference(z: np.ndarray, raw_t: np.ndarray, temperature: float, eps: float, deploy: float = 1.0) -> dict:
     """Every derived statistic of one batch, computed directly with numpy."""
     b, c = z.shape
-    e = np.exp(z / temperature - (z / temperature).max(1, keepdims=True))
-    p = e / e.sum(1, keepdims=True)
+    p, pd = _softmax(z / temperature), _softmax(z / deploy)
     h = -(p * np.log(p)).sum(1)
     t = (1 - eps) * raw_t + eps / c
     top2 = np.sort(z, 1)[:, -2:]
@@ -29,13 +33,17 @@ def _reference(z: np.ndarray, raw_t: np.ndarray, temperature: float, eps: float)
         "logit_mean": z.mean(),
         "logit_std": z.std(),
         "logit_margin": (top2[:, 1] - top2[:, 0]).mean(),
+        "logit_spread_max": np.abs(z - z.mean(1, keepdims=True)).max(),
         "entropy_mean": h.mean(),
         "entropy_min": h.min(),
         "entropy_p10": np.sort(h)[math.ceil(0.1 * b) - 1],
         "target_entropy_mean": (-(t * np.log(t)).sum(1)).mean(),
         "maxprob_mean": p.max(1).mean(),
         "onehot_frac": (p.max(1) > 0.99).mean(),
-        "target_onehot_frac": (raw_t.max(1) > 0.99).mean(),
+        "target_onehot_frac": (t.max(1) > 0.99).mean(),
+        "deploy_entropy_mean": (-(pd * np.log(np.maximum(pd, 1e-300))).sum(1)).mean(),
+        "deploy_maxprob_mean": pd.max(1).mean(),
+        "deploy_onehot_frac": (pd.max(1) > 0.99).mean(),
         "hist_top_share": shares.max(),
         "hist_eff_classes": math.exp(-(nz * np.log(nz)).sum()),
         "output_diversity": p.std(0).mean(),
@@ -60,7 +68,8 @@ def test_chunk_statistics_match_direct_computation_batch_by_batch():
         for name, value in expected.items():
             # float32, as the loss computed them
             assert stats[name][i].item() == pytest.approx(value, rel=2e-6, abs=1e-6), (i, name)
-    assert stats["onehot_frac"][1] > 0 and stats["target_onehot_frac"][0] > 0, "the planted one-hot rows count"
+    assert stats["onehot_frac"][1] > 0 and stats["deploy_onehot_frac"][1] > 0, "the planted one-hot rows count"
+    assert stats["target_onehot_frac"][0] == 0, "smoothed by 0.1, a one-hot target is no longer one-hot"
     assert stats["clipped"].tolist() == [0.0, 1.0, 0.0]
     for j, name in enumerate(STEP_COLUMNS):
         assert stats[name].tolist() == pytest.approx(step_values[:, j].tolist(), rel=1e-6)
@@ -133,7 +142,7 @@ def test_recorder_reuses_the_loss_tensors_and_matches_a_recomputation():
     raw[3, :4] = torch.eye(c)[0]
     heads = torch.randn(n, c, 7)
     grad_norms = torch.tensor([0.5, 3.0, 0.1, 2.0, 0.9, 1.1])
-    rec = StatsRecorder(c, torch.device("cpu"), capacity=n, label_smoothing=0.2, max_grad_norm=1.0)
+    rec = StatsRecorder(c, torch.device("cpu"), capacity=n, max_grad_norm=1.0, temperature=2.0, deploy_temperature=1.0)
     expected_values = []
     for i in range(n):
         parts = _step(logits[i], raw[i], heads[i], label_smoothing=0.2, temperature=2.0, final_layer_weight_decay=0.3)
@@ -156,7 +165,8 @@ def test_recorder_reuses_the_loss_tensors_and_matches_a_recomputation():
     for name in DEVICE_COLUMNS:
         assert chunk.column(name) == pytest.approx(stats[name].tolist(), rel=1e-5, abs=1e-6), name
     assert np.allclose(chunk.class_hist, hist.numpy())
-    assert chunk.column("target_onehot_frac")[3] == pytest.approx(4 / b), "one-hot rows found under smoothing"
+    assert chunk.column("target_onehot_frac")[3] == 0, "the loss's targets (smoothed by 0.2) are not one-hot"
+    assert chunk.column("deploy_entropy_mean").mean() < chunk.column("entropy_mean").mean(), "T=1 is sharper than T=2"
     assert chunk.column("clipped").tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
 
 
