@@ -94,8 +94,7 @@ def chunk_stats(
         deploy_entropy, deploy_maxprob = entropy, maxprob
     else:
         log_pd = F.log_softmax(logits.to(dtype) / deploy_temperature, dim=-1)
-        pd = log_pd.exp()
-        deploy_entropy, deploy_maxprob = -(pd * log_pd).sum(-1), pd.amax(-1)
+        deploy_entropy, deploy_maxprob = losses.entropy(log_pd), log_pd.amax(-1).exp()
     # histogram by scatter_add: bincount / one_hot read the max back to the host on CUDA
     hist = torch.zeros(n, c, dtype=dtype, device=probs.device)
     hist.scatter_add_(1, pred, hist.new_full((), 1.0 / b).expand(n, b))
