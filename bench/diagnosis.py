@@ -10,6 +10,7 @@ Run: `.venv/bin/python -m bench.diagnosis [--quick] [--workers 2]`.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import tempfile
 import time
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import append_results, machine_line
-from bench.ground_truth import Verdict, batch_conditions, judge, onset
+from bench.ground_truth import SATURATED, Verdict, batch_conditions, judge, onset, saturation_onset
+from trainer.advice import EFFICACY_PATH, efficacy_key
 
 SEEDS = (11, 12)
 SMOOTH = {"n_annotators": 30, "class_separation": 1.25}  # targets' mean entropy ~1.1 nats
@@ -83,9 +85,10 @@ def scenarios(quick: bool, table: Path | None) -> list[tuple[str, dict[str, Any]
             if not quick:
                 cfg = {"preset": preset, "lr": 1.0, "epochs": epochs, "seed": seed, "data": {**SMOOTH, "seed": seed}}
                 out.append((f"smooth {preset} lr=1.0 seed={seed}", cfg))
-                # the deployment-temperature case: trained at T, used at T = 1 (see the seed-report preset)
-                cfg = {"preset": "seed-report", "seed": seed, "data": {"seed": seed}}
-                out.append((f"seed-report fixed seed={seed}", cfg))
+        if not quick:
+            # the deployment-temperature case: trained at T, used at T = 1 (see the seed-report preset)
+            cfg = {"preset": "seed-report", "seed": seed, "data": {"seed": seed}}
+            out.append((f"seed-report fixed seed={seed}", cfg))
     return out
 
 
@@ -101,12 +104,16 @@ def run_one(job: tuple[str, dict[str, Any]]) -> Outcome:
     result = train(cfg, sink)
     ev = result.final_eval
     profile = sink.info.profile if sink.info else None
+    explosion = None
+    if sink.chunks:
+        explosion = saturation_onset(sink.steps, sink.column("logit_spread_max"), cfg.temperature)
     verdict = judge(
         result.status,
         ev.metrics if ev else None,
         ev.pred_hist if ev else [],
         ev.target_hist if ev else [],
         profile.target_onehot_frac if profile else 0.0,
+        saturated=explosion is not None,
     )
     warnings = [
         {"kind": w.kind, "severity": w.severity, "step": w.step,
@@ -114,16 +121,14 @@ def run_one(job: tuple[str, dict[str, Any]]) -> Outcome:
         for w in result.warnings
     ]  # fmt: skip
     out = Outcome(name, cfg.to_dict(), verdict, warnings, sink.info.steps_per_epoch if sink.info else 1)
+    out.explosion_onset = explosion
     if sink.chunks and profile is not None:
         cols = {c: sink.column(c) for c in BATCH_COLUMNS_USED}
-        steps = sink.steps
         h_t = ev.metrics["target_entropy_mean"] if ev else profile.target_entropy_mean
         cond = batch_conditions(cols, sink.class_hist(), h_t, profile.target_onehot_frac, profile.target_class_share)
-        out.collapse_onset = onset(steps, cond) if verdict.collapsed else None
-        extreme = cols["logit_spread_max"] / cfg.temperature > 100
-        runs = np.convolve(extreme.astype(int), np.ones(5, dtype=int), mode="valid") == 5
-        if runs.any():
-            out.explosion_onset = int(steps[int(np.argmax(runs))])
+        if explosion is not None:
+            cond = cond | (cols["logit_spread_max"] / cfg.temperature > SATURATED)
+        out.collapse_onset = onset(sink.steps, cond) if verdict.collapsed else None
     return out
 
 
@@ -167,13 +172,15 @@ def report(outcomes: list[Outcome]) -> list[str]:
     detected = [o for o in collapsed if any(w["kind"] != "too_uniform" for w in o.warnings)]
     uniform_found = [o for o in uniform if any(w["kind"] == "too_uniform" for w in o.warnings)]
     false_alarms = [o for o in healthy if o.warnings]
-    lat_epochs, lat_steps = [], []
+    lat_epochs, lat_steps, late_runs = [], [], []
     for o in collapsed:
         raised = [w["raised"] for w in o.warnings if w["kind"] != "too_uniform"]
         if o.collapse_onset is not None and raised:
             late = max(0, min(raised) - o.collapse_onset)
             lat_steps.append(late)
             lat_epochs.append(late / o.steps_per_epoch)
+            if late > o.steps_per_epoch:
+                late_runs.append(f"{o.name} {o.verdict.labels} onset {o.collapse_onset}, warned {min(raised)}")
     explosions = [o for o in outcomes if o.explosion_onset is not None]
     extreme = ("exploding_logits", "nonfinite_loss", "nonfinite_gradients")
     fast = [
@@ -184,15 +191,6 @@ def report(outcomes: list[Outcome]) -> list[str]:
     treated = [o for o in outcomes if not o.verdict.healthy and o.chain]
     cured = [o for o in treated if any(c.verdict.healthy for c in o.chain)]
     over = [o for o in treated if any("too_uniform" in c.verdict.labels for c in o.chain) and o not in cured]
-    efficacy: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    for o in treated:
-        prev = o
-        for c in o.chain:
-            kind, overrides = _advice_of(prev)
-            key = (kind, ",".join(sorted(overrides)))
-            efficacy[key]["tried"] += 1
-            efficacy[key]["healthy"] += c.verdict.healthy
-            prev = c
 
     def pct(a: list, b: list) -> str:
         return f"{len(a)}/{len(b)} = {len(a) / len(b):.0%}" if b else "n/a (none)"
@@ -215,8 +213,8 @@ def report(outcomes: list[Outcome]) -> list[str]:
         f"{pct(fast, explosions)}",
         f"advice: runs not healthy turned healthy within 3 rungs: {pct(cured, treated)}  [target >= 80%]; "
         f"ended too uniform: {len(over)}",
-        "advice efficacy (warning kind, field changed: healthy after / tried):",
-        *[f"  {k}, {f}: {c['healthy']}/{c['tried']}" for (k, f), c in sorted(efficacy.items())],
+        "advice efficacy (warning kind: fields changed, healthy after / tried):",
+        *[f"  {k}: {h}/{n}" for k, (h, n) in efficacy_table(outcomes).items()],
     ]
     misses = [o.name + " " + str(o.verdict.labels) for o in collapsed if o not in detected]
     alarms = [o.name + " " + str(sorted({w["kind"] for w in o.warnings})) for o in false_alarms]
@@ -228,7 +226,23 @@ def report(outcomes: list[Outcome]) -> list[str]:
             lines.append(f"not cured: {o.name} {o.verdict.labels} -> {steps}")
     if alarms:
         lines.append("false alarms: " + "; ".join(alarms))
+    if late_runs:
+        lines.append("later than one epoch: " + "; ".join(late_runs))
     return lines
+
+
+def efficacy_table(outcomes: list[Outcome]) -> dict[str, list[int]]:
+    """Per advice ("kind:field,field"): [runs healthy right after it, runs it was applied to]."""
+    table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for o in outcomes:
+        prev = o
+        for c in o.chain:
+            kind, overrides = _advice_of(prev)
+            entry = table[efficacy_key(kind, overrides)]
+            entry[0] += c.verdict.healthy
+            entry[1] += 1
+            prev = c
+    return dict(sorted(table.items()))
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -253,6 +267,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     lines.append(f"wall time {time.perf_counter() - started:.0f} s on {args.workers} worker processes")
     print("\n".join(lines))
     if not args.quick:
+        # the advice messages quote these figures ("turned 14 of 16 such runs healthy")
+        EFFICACY_PATH.write_text(
+            json.dumps({"measured": machine_line(), "efficacy": efficacy_table(outcomes)}, indent=1) + "\n"
+        )
         append_results(["## Diagnosis: scenario bank (`python -m bench.diagnosis`)", f"Machine: {machine_line()}", "",
                         "```", *lines, "```"])  # fmt: skip
     return lines

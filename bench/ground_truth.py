@@ -8,7 +8,10 @@ entropy in nats and O the share of rows whose max probability is > 0.99, both fo
 - mode collapse: one class takes more than max(0.5, 2 s + 0.1) of the argmax predictions, s its share of
   the targets' argmax;
 - too uniform (as trained): H_pred > max(2 H_t, H_t + 0.5);
-- diverged: the run ended with a non-finite loss.
+- diverged: the run ended with a non-finite loss;
+- saturated: the centred logits / T (a recorded batch statistic) passed 100 in 5 consecutive batches at any
+  point. Past that float32's softmax rounds to exact zeros and ones and its gradients vanish, whatever the
+  targets: training was numerically broken even where the final predictions look fine.
 A run is healthy when none holds. `batch_conditions` applies the same formulas to each batch's statistics,
 to find the onset of a collapse for the latency figures.
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ONEHOT_ROOM, SHARPER = 0.25, 0.5
+SATURATED, SATURATED_RUN = 100.0, 5
 
 
 @dataclass
@@ -49,7 +53,14 @@ def _mode(pred_hist: np.ndarray, target_hist: np.ndarray) -> bool:
     return float(pred_hist[top]) > max(0.5, 2.0 * float(target_hist[top]) + 0.1)
 
 
-def judge(status: str, metrics: dict[str, float] | None, pred_hist, target_hist, target_onehot: float) -> Verdict:
+def judge(
+    status: str,
+    metrics: dict[str, float] | None,
+    pred_hist,
+    target_hist,
+    target_onehot: float,
+    saturated: bool = False,
+) -> Verdict:
     """The verdict on one run from its final validation pass."""
     if status == "diverged" or metrics is None or not np.isfinite(metrics.get("kl", np.nan)):
         return Verdict(["diverged"], {})
@@ -66,6 +77,8 @@ def judge(status: str, metrics: dict[str, float] | None, pred_hist, target_hist,
         labels.append("mode")
     if _uniform(metrics["entropy_mean"], h_t):
         labels.append("too_uniform")
+    if saturated:
+        labels.append("saturated")
     evidence = {
         k: float(metrics[k])
         for k in ("entropy_mean", "deploy_entropy_mean", "onehot_frac", "deploy_onehot_frac", "kl", "deploy_kl")
@@ -87,6 +100,13 @@ def batch_conditions(cols: dict[str, np.ndarray], hist: np.ndarray, h_t: float, 
     s = np.asarray(shares)[top]
     mode = hist[np.arange(len(top)), top] > np.maximum(0.5, 2 * s + 0.1)
     return trained | deployed | mode | ~np.isfinite(cols["loss"])
+
+
+def saturation_onset(steps: np.ndarray, logit_spread_max: np.ndarray, temperature: float) -> int | None:
+    """The first step of 5 consecutive recorded batches whose centred logits / T pass 100, or None."""
+    extreme = np.asarray(logit_spread_max) / temperature > SATURATED
+    runs = np.convolve(extreme.astype(int), np.ones(SATURATED_RUN, dtype=int), mode="valid") == SATURATED_RUN
+    return int(steps[int(np.argmax(runs))]) if runs.any() else None
 
 
 def onset(steps: np.ndarray, condition: np.ndarray, hold: float = 0.9) -> int | None:

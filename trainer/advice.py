@@ -6,8 +6,11 @@ its top rung; `ladder_position(config)` says where every knob stands, for displa
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainConfig
@@ -30,6 +33,9 @@ class _Ladder:
     # one rung below the guide's first, so the "too far" advice can step under the defaults
     # without going back to the collapse-prone settings
     floor: float | None = None
+    # explicit steps for loosening, when they differ from (floor, *rungs): e.g. smoothing that
+    # over-smooths peaky targets needs to come down further than the guide's first rung
+    down: tuple[float, ...] | None = None
 
     def stronger(self, a: float, b: float) -> bool:
         return a > b + _EPS if self.higher else a < b - _EPS
@@ -40,7 +46,8 @@ class _Ladder:
     def next_down(self, value: float | None) -> float | None:
         if value is None:
             return None
-        below = [r for r in (self.floor, *self.rungs) if r is not None and self.stronger(value, r)]
+        steps = self.down if self.down is not None else (self.floor, *self.rungs)
+        below = sorted((r for r in steps if r is not None and self.stronger(value, r)), reverse=not self.higher)
         return below[-1] if below else None
 
     def rung(self, value: float | None) -> int:
@@ -49,7 +56,8 @@ class _Ladder:
 
 
 _LADDERS: dict[str, _Ladder] = {
-    "label_smoothing": _Ladder((0.15, 0.2, 0.25), floor=0.1),
+    # measured on the bank: 0.15 -> 0.1 barely moves over-smoothed predictions; 0.05, then 0, do
+    "label_smoothing": _Ladder((0.15, 0.2, 0.25), floor=0.1, down=(0.0, 0.05)),
     "temperature": _Ladder((4.0, 5.0, 6.0), floor=3.0),
     "entropy_weight": _Ladder((5.0, 7.0, 10.0), floor=3.0),
     "min_entropy": _Ladder((1.5, 1.8, 2.0), floor=1.2),
@@ -69,6 +77,9 @@ _WHY: dict[str, str] = {
     "bound the logits, and a too-high learning rate collapses even with all of them on",
     "match_temperature": "a model trained on softmax(z / T) learns logits T times too large for T = 1; trained at "
     "the temperature it is used at, the smoothing and the entropy penalty act on the predictions it will serve",
+    "match_temperature_cap": "a model trained on softmax(z / T) learns logits T times too large for T = 1; trained at "
+    "the temperature it is used at, the regularizers act on the predictions it will serve, and with the entropy "
+    "penalty capped at each target's own entropy it no longer holds them flatter than the data",
 }
 _WHY_DOWN: dict[str, str] = {
     "cap_entropy_at_target": "the penalty then no longer pushes a sample above its own target's entropy, so it "
@@ -107,7 +118,8 @@ _KNOBS: dict[str, tuple[str, ...]] = {
     "nonfinite_gradients": ("enable_clipping", "lr", "max_grad_norm"),
     "nonfinite_loss": ("enable_clipping", "lr", "max_grad_norm"),
     "val_loss_jump": ("enable_clipping", "lr", "max_grad_norm"),
-    "too_uniform": ("cap_entropy_at_target", "min_entropy", "entropy_weight", "label_smoothing", "temperature"),
+    "too_uniform": ("match_temperature", "cap_entropy_at_target", "label_smoothing", "min_entropy", "entropy_weight",
+                    "temperature"),
 }  # fmt: skip
 ADVICE_KINDS: tuple[str, ...] = tuple(_KNOBS)
 
@@ -145,8 +157,11 @@ def _next_value(knob: str, config: TrainConfig, down: bool) -> tuple[str, Any] |
     if knob == "lr":
         return ("lr", _round(value * LR_FACTOR)) if value * LR_FACTOR >= LR_FLOOR else None
     if knob == "match_temperature":
+        # when loosening, only from above: a model trained hotter than it is used is sharper as deployed
         target = config.deploy_temperature
-        return ("temperature", target) if abs(config.temperature - target) > _EPS else None
+        if (down and config.temperature <= target + _EPS) or abs(config.temperature - target) <= _EPS:
+            return None
+        return "temperature", target
     if knob == "entropy_penalty":
         return ("entropy_penalty", "quadratic") if value == "linear" and config.entropy_weight > 0 else None
     if knob == "cap_entropy_at_target":
@@ -195,6 +210,16 @@ def _advice(
         action = f"lower the learning rate from {_fmt(old)} to {_fmt(new)} (x{LR_FACTOR:g})"
     elif knob == "match_temperature":
         action = f"train at the deployment temperature: temperature from {_fmt(old)} to {_fmt(new)}"
+        overrides = {field: new}
+        if _penalty_active(config) and not config.cap_entropy_at_target:
+            # the penalty's threshold was sized for the hotter view; at the deployment temperature it
+            # would hold predictions above the data's own entropy (measured: too uniform on peaky data)
+            action += ", with cap_entropy_at_target on"
+            overrides["cap_entropy_at_target"] = True
+            knob = "match_temperature_cap"
+        why = _WHY[knob]
+        message = f"{_DIAGNOSIS[kind]}: {action}. Why: {why}.{efficacy_sentence(kind, overrides)}"
+        return Advice(message=message, overrides=overrides)
     else:
         verb = {"max_grad_norm": "tighten", "entropy_penalty": "switch"}.get(knob, "lower" if down else "raise")
         action = f"{verb} {field} from {_fmt(old)} to {_fmt(new)}"
@@ -202,7 +227,35 @@ def _advice(
     if knob == "lr" and kind in _UNSTABLE:
         why = _WHY_LR_UNSTABLE
     lead = "every knob that fits is at its top rung, so " if exhausted else ""
-    return Advice(message=f"{_DIAGNOSIS[kind]}: {lead}{action}. Why: {why}.", overrides={field: new})
+    overrides = {field: new}
+    message = f"{_DIAGNOSIS[kind]}: {lead}{action}. Why: {why}.{efficacy_sentence(kind, overrides)}"
+    return Advice(message=message, overrides=overrides)
+
+
+# How often each advice worked on the scenario bank: written by `python -m bench.diagnosis` (a full run),
+# keyed by "kind:field,field" of the overrides, as [healthy after, tried]
+EFFICACY_PATH = Path(__file__).with_name("advice_efficacy.json")
+
+
+@lru_cache(maxsize=1)
+def measured_efficacy() -> dict[str, tuple[int, int]]:
+    try:
+        raw = json.loads(EFFICACY_PATH.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: (int(v[0]), int(v[1])) for k, v in raw.get("efficacy", {}).items()}
+
+
+def efficacy_key(kind: str, overrides: dict[str, Any]) -> str:
+    return f"{kind}:{','.join(sorted(overrides))}"
+
+
+def efficacy_sentence(kind: str, overrides: dict[str, Any]) -> str:
+    """' Measured: turned 14 of 16 such runs healthy ...', or '' when the bank never tried this advice."""
+    healthy, tried = measured_efficacy().get(efficacy_key(kind, overrides), (0, 0))
+    if tried == 0:
+        return ""
+    return f" On the scenario bank (bench.diagnosis) this advice turned {healthy} of {tried} such runs healthy."
 
 
 def ladder_position(config: TrainConfig) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,16 @@ import numpy as np
 
 from trainer.advice import advise
 from trainer.config import TrainConfig
-from trainer.detector_rules import RULES, Rule, Signals, compute_signals, conditions, describe
+from trainer.detector_rules import (
+    RULES,
+    Rule,
+    Signals,
+    compute_signals,
+    conditions,
+    deployed_view,
+    describe,
+    describe_deployed,
+)
 from trainer.records import BatchChunk, CollapseWarning, DataProfile, EvalRecord
 
 # The warm-up lets an untrained model move off its initial predictions: half an epoch, within these bounds,
@@ -83,6 +92,7 @@ class CollapseDetector:
         self._warnings: list[CollapseWarning] = []
         self._best_val = math.inf
         self._jump_streak, self._jump_start, self._jump_level = 0, -1, 0
+        self._deploy_level = 0
 
     @property
     def warnings(self) -> list[CollapseWarning]:
@@ -189,9 +199,35 @@ class CollapseDetector:
 
     # --- evaluation passes ----------------------------------------------------------------------
     def observe_eval(self, record: EvalRecord) -> list[CollapseWarning]:
-        """Read one validation pass; return a val_loss_jump warning when the objective jumped."""
+        """Read one validation pass; return the warnings it raises (val_loss_jump, deployed_collapse)."""
         if "objective" not in record.metrics:
             raise ValueError(f"the evaluation at step {record.step} has no 'objective' metric")
+        new = self._val_loss_jump(record) + self._deployed(record)
+        self._warnings.extend(new)
+        return new
+
+    def _deployed(self, record: EvalRecord) -> list[CollapseWarning]:
+        level, cleared = deployed_view(record.metrics, self.config, self.profile)
+        if cleared:
+            self._deploy_level = 0
+        if level <= self._deploy_level:
+            return []
+        escalation = self._deploy_level > 0
+        self._deploy_level = level
+        message, evidence = describe_deployed(record.metrics, self.config, self.profile)
+        evidence["raised_at_step"] = float(record.step)
+        return [
+            CollapseWarning(
+                kind="deployed_collapse",
+                severity="critical" if level == 2 else "warning",
+                step=record.step,
+                message=f"{'Now critical: ' if escalation else ''}{message} (evaluation at step {record.step}).",
+                evidence=evidence,
+                advice=advise("deployed_collapse", self.config),
+            )
+        ]
+
+    def _val_loss_jump(self, record: EvalRecord) -> list[CollapseWarning]:
         value = float(record.metrics["objective"])
         best = self._best_val
         if math.isfinite(value):
@@ -237,5 +273,4 @@ class CollapseDetector:
             },
             advice=advise("val_loss_jump", self.config),
         )  # fmt: skip
-        self._warnings.append(warning)
         return [warning]

@@ -3,7 +3,8 @@
 Two views of every prediction: as trained, softmax(z / T) against the targets the loss fits (smoothed),
 and as deployed, softmax(z / deploy_temperature) against the raw targets. Where the trained view has
 two target references (the raw profile and the batch's smoothed targets), a rule takes the one that
-makes it fire less, so a run whose targets are themselves peaky stays quiet.
+makes it fire less, so a run whose targets are themselves peaky stays quiet. Too-uniform predictions are
+judged against the raw targets alone: smoothing that flattens peaky data past them is the fault.
 """
 
 from __future__ import annotations
@@ -46,9 +47,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dominant_class"),
     Rule("low_entropy"),
     Rule("too_uniform", warmup="uniform"),
-    # healthy as trained, collapsed as deployed: the temperature hides it
-    Rule("deployed_collapse"),
-)
+)  # deployed_collapse is judged on evaluation passes: see deployed_view below
 
 
 @dataclass
@@ -67,7 +66,6 @@ class Signals:
     logit_scaled: np.ndarray  # the same / T: what the softmax sees
     entropy: np.ndarray
     target_entropy_low: np.ndarray  # the lower of the raw profile's and the batch's smoothed targets'
-    target_entropy_high: np.ndarray
     onehot: np.ndarray
     target_onehot: np.ndarray  # the higher of the profile's and the batch's
     onehot_threshold: np.ndarray
@@ -135,7 +133,6 @@ def compute_signals(chunk: BatchChunk, config: TrainConfig, profile: DataProfile
         logit_scaled=raw / config.temperature,
         entropy=col("entropy_mean"),
         target_entropy_low=np.fmin(profile.target_entropy_mean, col("target_entropy_mean")),
-        target_entropy_high=np.fmax(profile.target_entropy_mean, col("target_entropy_mean")),
         onehot=col("onehot_frac"),
         target_onehot=target_onehot,
         onehot_threshold=onehot_threshold,
@@ -162,33 +159,25 @@ def conditions(sig: Signals, config: TrainConfig, profile: DataProfile) -> dict[
     """Each rule's raise, critical and clear conditions; clear uses a lower threshold (hysteresis)."""
     never = np.zeros(len(sig.steps), dtype=bool)
     ln_c = math.log(profile.num_classes)
-    ent, t_low, t_high = sig.entropy, sig.target_entropy_low, sig.target_entropy_high
+    ent, t_low = sig.entropy, sig.target_entropy_low
 
     bad_loss, bad_grad = ~np.isfinite(sig.loss), ~np.isfinite(sig.grad)
     grad_on = sig.grad_ratio > GRAD_RATIO_WARN
     if config.max_grad_norm is not None:
         grad_on &= sig.grad > GRAD_CLIP_FACTOR * config.max_grad_norm
     dominant = sig.top_share > sig.dominant_threshold
-    # too uniform relative to the targets: twice their entropy and half a nat above it
-    uniform_at = np.minimum(np.maximum(2.0 * t_high, t_high + 0.5), 0.95 * ln_c)
+    # too uniform relative to the raw targets (the data, not the smoothed fit: smoothing that
+    # flattens peaky targets past this is itself the over-smoothing): twice their entropy and
+    # half a nat above it
+    t_raw = profile.target_entropy_mean
+    uniform_at = min(max(2.0 * t_raw, t_raw + 0.5), 0.95 * ln_c)
     uniform_on = (ent > uniform_at) & ~dominant
-    uniform_clear = ent < np.maximum(1.6 * t_high, t_high + 0.35)
+    uniform_clear = ent < max(1.6 * t_raw, t_raw + 0.35)
     # near-one-hot beyond the targets' share, and sharper than the targets on average
     sharper = ent < t_low
     onehot_on, onehot_crit = (sig.onehot > sig.onehot_threshold) & sharper, sig.onehot > sig.onehot_critical
     sharp_on = (ent < 0.5 * t_low) & (ent < t_low - 0.15)
     sharp_clear = (ent > 0.65 * t_low) | (ent > t_low - 0.1)
-    # as deployed, against the raw targets; only while the trained view looks healthy
-    t_raw, d_ent = profile.target_entropy_mean, sig.deploy_entropy
-    deployed_sharp = (d_ent < 0.5 * t_raw) & (d_ent < t_raw - 0.15)
-    deployed_on = ((sig.deploy_onehot > sig.deploy_onehot_threshold) & (d_ent < t_raw)) | deployed_sharp
-    deployed_on &= ~(onehot_on | sharp_on)
-    if config.deploy_temperature == config.temperature:
-        deployed_on = never
-    deployed_crit = deployed_on & (sig.deploy_onehot > sig.deploy_onehot_critical)
-    deployed_clear = (sig.deploy_onehot < sig.deploy_onehot_threshold - 0.1) & (
-        (d_ent > 0.65 * t_raw) | (d_ent > t_raw - 0.1)
-    )
     return {
         "nonfinite_loss": (bad_loss, bad_loss, ~bad_loss),
         "nonfinite_gradients": (bad_grad, bad_grad, ~bad_grad),
@@ -198,7 +187,10 @@ def conditions(sig: Signals, config: TrainConfig, profile: DataProfile) -> dict[
             sig.grad_ratio < GRAD_RATIO_CLEAR,
         ),
         "exploding_logits": (
-            sig.logit_scaled > LOGIT_WARN,
+            # large logits whose predictions are no sharper than the targets are the fit (cross-entropy
+            # on near-one-hot targets has no finite optimum); past LOGIT_CRIT the softmax saturates in
+            # float32 whatever the targets
+            ((sig.logit_scaled > LOGIT_WARN) & (ent < t_low)) | (sig.logit_scaled > LOGIT_CRIT),
             sig.logit_scaled > LOGIT_CRIT,
             sig.logit_scaled < LOGIT_CLEAR,
         ),
@@ -210,7 +202,6 @@ def conditions(sig: Signals, config: TrainConfig, profile: DataProfile) -> dict[
         ),
         "low_entropy": (sharp_on, never, sharp_clear),
         "too_uniform": (uniform_on, never, uniform_clear),
-        "deployed_collapse": (deployed_on, deployed_crit, deployed_clear),
     }
 
 
@@ -296,34 +287,13 @@ def _too_uniform(i: int, sig: Signals, config: TrainConfig, profile: DataProfile
     ev = {
         "entropy": float(sig.entropy[i]),
         "max_entropy": ln_c,
-        "target_entropy": float(sig.target_entropy_high[i]),
+        "target_entropy": profile.target_entropy_mean,
         "diversity_ratio": float(sig.diversity_ratio[i]),
     }
     return (
         f"Mean prediction entropy {ev['entropy']:.2f} nats is far above the targets' own {ev['target_entropy']:.2f} "
         f"nats (uniform is ln {profile.num_classes} = {ln_c:.2f}): the regularizers hold predictions flatter than "
         "the data",
-        ev,
-    )
-
-
-def _deployed_collapse(i: int, sig: Signals, config: TrainConfig, profile: DataProfile) -> Described:
-    t, td = config.temperature, config.deploy_temperature
-    ev = {
-        "entropy": float(sig.entropy[i]),
-        "onehot_frac": float(sig.onehot[i]),
-        "deploy_entropy": float(sig.deploy_entropy[i]),
-        "deploy_onehot_frac": float(sig.deploy_onehot[i]),
-        "target_entropy": profile.target_entropy_mean,
-        "target_onehot_frac": profile.target_onehot_frac,
-        "temperature": float(t),
-        "deploy_temperature": float(td),
-    }
-    return (
-        f"Healthy at T={t:g} as trained (entropy {ev['entropy']:.2f} nats, {ev['onehot_frac']:.0%} near one-hot), "
-        f"collapsed as deployed at T={td:g}: entropy {ev['deploy_entropy']:.2f} nats against the targets' "
-        f"{ev['target_entropy']:.2f}, {ev['deploy_onehot_frac']:.0%} near one-hot against "
-        f"{ev['target_onehot_frac']:.0%} of the targets",
         ev,
     )
 
@@ -337,10 +307,62 @@ _DESCRIBERS = {
     "dominant_class": _dominant_class,
     "low_entropy": _low_entropy,
     "too_uniform": _too_uniform,
-    "deployed_collapse": _deployed_collapse,
 }
 
 
 def describe(kind: str, i: int, sig: Signals, config: TrainConfig, profile: DataProfile) -> Described:
     """One sentence with the numbers at row `i` (where the rule fired), and the evidence as floats."""
     return _DESCRIBERS[kind](i, sig, config, profile)
+
+
+# --- the deployment view, judged on held-out predictions ---------------------------------------------
+# Training batches are sharper than held-out data, and a batch's deployed entropy is noisy near any
+# threshold: a collapse as deployed is a property of the predictions the model will serve, so it is read
+# from each evaluation pass. Raised when the deployed predictions fall under half the targets' entropy
+# (and 0.15 nats under it), or are near one-hot a quarter of the way past the targets' own share at
+# that entropy, while the trained view is neither; critical past 70% of the way; cleared above 0.65 x.
+DEPLOY_SHARPER, DEPLOY_CLEAR = 0.5, 0.65
+
+
+def _collapsed_view(entropy: float, onehot: float, h_t: float, o_t: float) -> bool:
+    sharp = entropy < DEPLOY_SHARPER * h_t and entropy < h_t - 0.15
+    return sharp or (onehot >= o_t + ONEHOT_RAISE * (1.0 - o_t) and entropy < DEPLOY_SHARPER * h_t)
+
+
+def deployed_view(metrics: dict[str, float], config: TrainConfig, profile: DataProfile) -> tuple[int, bool]:
+    """(level, cleared) of the deployment view in one evaluation pass: level 0 fine, 1 collapsed, 2 critical."""
+    keys = ("deploy_entropy_mean", "deploy_onehot_frac", "entropy_mean", "onehot_frac")
+    if config.deploy_temperature == config.temperature or not all(k in metrics for k in keys):
+        return 0, False
+    h_t = float(metrics.get("target_entropy_mean", profile.target_entropy_mean))
+    o_t = profile.target_onehot_frac
+    h, o = float(metrics["deploy_entropy_mean"]), float(metrics["deploy_onehot_frac"])
+    if not (math.isfinite(h) and math.isfinite(o)):
+        return 0, False
+    if _collapsed_view(float(metrics["entropy_mean"]), float(metrics["onehot_frac"]), h_t, o_t):
+        return 0, False  # collapsed as trained too: the batch rules say so
+    cleared = h > DEPLOY_CLEAR * h_t or h > h_t - 0.1
+    if not _collapsed_view(h, o, h_t, o_t):
+        return 0, cleared
+    return (2 if o > o_t + ONEHOT_CRIT * (1.0 - o_t) else 1), False
+
+
+def describe_deployed(metrics: dict[str, float], config: TrainConfig, profile: DataProfile) -> Described:
+    t, td = config.temperature, config.deploy_temperature
+    ev = {
+        "entropy": float(metrics["entropy_mean"]),
+        "onehot_frac": float(metrics["onehot_frac"]),
+        "deploy_entropy": float(metrics["deploy_entropy_mean"]),
+        "deploy_onehot_frac": float(metrics["deploy_onehot_frac"]),
+        "target_entropy": float(metrics.get("target_entropy_mean", profile.target_entropy_mean)),
+        "target_onehot_frac": profile.target_onehot_frac,
+        "temperature": float(t),
+        "deploy_temperature": float(td),
+    }
+    return (
+        f"On held-out data, healthy at T={t:g} as trained (entropy {ev['entropy']:.2f} nats, "
+        f"{ev['onehot_frac']:.0%} near one-hot), collapsed as deployed at T={td:g}: entropy "
+        f"{ev['deploy_entropy']:.2f} nats against the targets' {ev['target_entropy']:.2f}, "
+        f"{ev['deploy_onehot_frac']:.0%} near one-hot against {ev['target_onehot_frac']:.0%} of the targets",
+        ev,
+    )

@@ -19,7 +19,7 @@ WARMUP = 12
 Value = float | np.ndarray | Callable[[np.ndarray], np.ndarray]
 
 
-def peaky_profile(entropy: float = 0.1, onehot: float = 0.4) -> DataProfile:
+def peaky_profile(entropy: float = 0.8, onehot: float = 0.4) -> DataProfile:
     """Targets that are themselves confident: low entropy and many one-hot rows."""
     share = [1.0 / C] * C
     return DataProfile(C, 2000, 400, 16, entropy, onehot, share, share)
@@ -31,7 +31,7 @@ HEALTHY: dict[str, float] = {
     "loss": 1.2, "loss_ce": 1.0, "loss_entropy": 0.15, "loss_final_l2": 0.05,
     "logit_max": 15.0, "logit_min": -14.0, "logit_range": 29.0, "logit_mean": 0.0, "logit_std": 4.0,
     "logit_margin": 3.0, "logit_spread_max": 14.5, "entropy_mean": 1.3, "entropy_min": 0.6, "entropy_p10": 0.9,
-    "target_entropy_mean": 0.7, "maxprob_mean": 0.6, "onehot_frac": 0.0, "target_onehot_frac": 0.4,
+    "target_entropy_mean": 1.0, "maxprob_mean": 0.6, "onehot_frac": 0.0, "target_onehot_frac": 0.4,
     "deploy_entropy_mean": 0.6, "deploy_maxprob_mean": 0.8, "deploy_onehot_frac": 0.3,
     "hist_top_share": 0.2, "hist_eff_classes": 7.6, "output_diversity": 0.15, "target_diversity": 0.3,
     "grad_norm": 0.5, "clipped": 0.0, "head_weight_norm": 4.0, "lr": 0.25, "samples_per_s": 1e4,
@@ -130,7 +130,7 @@ def test_high_entropy_mode_collapse_is_caught_by_the_histogram():
 
 def test_class_that_is_common_in_the_targets_may_be_common_in_the_predictions():
     share = [0.45] + [0.55 / 7] * 7
-    profile = DataProfile(C, 2000, 400, 16, 0.1, 0.4, share, share)
+    profile = DataProfile(C, 2000, 400, 16, 0.8, 0.4, share, share)
     hist = np.array([0.6] + [0.4 / 7] * 7)
     assert run_stream(300, {}, hist, profile=profile).warnings == []
 
@@ -138,7 +138,9 @@ def test_class_that_is_common_in_the_targets_may_be_common_in_the_predictions():
 @pytest.mark.parametrize(("temperature", "raw", "fires"), [(1.0, 15.0, True), (4.0, 15.0, False), (4.0, 60.0, True)])
 def test_exploding_logits_are_judged_after_temperature(temperature, raw, fires):
     config = preset("fixed").replace(temperature=temperature)
-    det = run_stream(300, {"logit_spread_max": after(100, raw, 5.0)}, config=config)
+    # growing logits sharpen the predictions past the targets' 0.8 nats
+    stream = {"logit_spread_max": after(100, raw, 5.0), "entropy_mean": after(100, 0.6, 1.3)}
+    det = run_stream(300, stream, config=config)
     assert ("exploding_logits" in kinds(det)) == fires
     if fires:
         w = one(det, "exploding_logits")
@@ -151,6 +153,15 @@ def test_logits_shifted_together_are_not_exploding():
     # spread of ±5, span 100 in the batch and are harmless at T=1 (the per-batch measure raised them)
     shifted = {"logit_max": 55.0, "logit_min": -55.0, "logit_mean": 0.0, "logit_spread_max": 5.0}
     assert run_stream(300, shifted, config=preset("fixed").replace(temperature=1.0)).warnings == []
+
+
+def test_large_logits_that_fit_near_one_hot_targets_warn_only_past_saturation():
+    # cross-entropy on near-one-hot targets has no finite optimum: logits of ±40 at T=1 whose predictions
+    # are no sharper than the targets are the fit; past 100 float32's softmax saturates whatever the targets
+    config, fit = preset("fixed").replace(temperature=1.0), {"entropy_mean": 1.0}
+    assert "exploding_logits" not in kinds(run_stream(300, {**fit, "logit_spread_max": 40.0}, config=config))
+    det = run_stream(300, {**fit, "logit_spread_max": after(100, 150.0, 40.0)}, config=config)
+    assert [(w.severity, w.step) for w in det.warnings if w.kind == "exploding_logits"] == [("critical", 100)]
 
 
 def test_logits_beyond_a_hundred_are_critical():
@@ -168,7 +179,7 @@ def test_critical_logits_fire_in_the_warm_up_at_their_onset():
 
 def test_a_single_critical_row_does_not_make_a_warning_critical():
     spikes = lambda s: np.where(s < 100, 5.0, np.where(s % 7 == 0, 500.0, 60.0))  # noqa: E731
-    det = run_stream(300, {"logit_spread_max": spikes})
+    det = run_stream(300, {"logit_spread_max": spikes, "entropy_mean": after(100, 0.6, 1.3)})
     assert [(w.severity, w.step) for w in det.warnings if w.kind == "exploding_logits"] == [("warning", 100)]
 
 
@@ -183,7 +194,10 @@ def test_growing_logits_escalate_from_warning_to_critical():
     config = preset("fixed").replace(temperature=1.0)
     det = run_stream(
         300,
-        {"logit_spread_max": lambda s: np.where(s < 100, 5.0, np.where(s < 200, 20.0, 300.0))},
+        {
+            "logit_spread_max": lambda s: np.where(s < 100, 5.0, np.where(s < 200, 20.0, 300.0)),
+            "entropy_mean": after(100, 0.6, 1.3),
+        },
         config=config,
     )
     raised = [(w.severity, w.step) for w in det.warnings if w.kind == "exploding_logits"]
@@ -219,39 +233,62 @@ def test_low_entropy_fires_against_soft_targets_only():
     sharp = {"entropy_mean": after(100, 0.2, 1.3), "target_entropy_mean": 1.4}
     assert one(run_stream(300, sharp, profile=soft), "low_entropy").step == 100
     # the same predictions against peaky targets (0.1 nats) are a correct fit
-    assert "low_entropy" not in kinds(run_stream(300, {"entropy_mean": 0.08}))
+    peaky = {"entropy_mean": 0.08, "target_entropy_mean": 0.1}
+    assert "low_entropy" not in kinds(run_stream(300, peaky, profile=peaky_profile(entropy=0.1)))
 
 
 def test_too_uniform_when_targets_are_peaky():
     det = run_stream(400, {"entropy_mean": after(200, 2.02, 1.3)})
     w = one(det, "too_uniform")
     assert w.step == 200 and w.evidence["max_entropy"] == pytest.approx(math.log(C))
-    assert w.advice.overrides == {"cap_entropy_at_target": True}
+    # trained at T=4 and used at T=1: loosening at T=4 would sharpen the deployed view
+    assert w.advice.overrides == {"temperature": 1.0, "cap_entropy_at_target": True}
 
 
 def test_too_uniform_is_relative_to_the_targets_not_to_ln_c():
     # peaky targets (0.1 nats) held at 1.5 nats: far from uniform (2.08), far flatter than the data
-    det = run_stream(400, {"entropy_mean": after(200, 1.5, 0.3), "target_entropy_mean": 0.1})
+    peaky = peaky_profile(entropy=0.1)
+    det = run_stream(400, {"entropy_mean": after(200, 1.5, 0.3), "target_entropy_mean": 0.1}, profile=peaky)
     assert one(det, "too_uniform").step == 200
     # the same entropy on smooth targets (1.3 nats) is a fit, not over-smoothing
     smooth = {"entropy_mean": 1.5, "target_entropy_mean": 1.3, "deploy_entropy_mean": 1.2, "deploy_onehot_frac": 0.0}
     assert run_stream(400, smooth, profile=peaky_profile(entropy=1.3, onehot=0.0)).warnings == []
 
 
-def test_collapse_hidden_by_the_temperature_is_raised_for_the_deployed_view():
-    # healthy at T=4 (entropy 1.6 against targets' 1.3), one-hot at T=1
-    profile = peaky_profile(entropy=1.3, onehot=0.0)
-    stream = {
-        "entropy_mean": 1.6, "target_entropy_mean": 1.3, "target_onehot_frac": 0.0,
-        "deploy_entropy_mean": after(100, 0.4, 1.2), "deploy_onehot_frac": after(100, 0.5, 0.0),
+def _deploy_eval(step: int, deploy_entropy: float, deploy_onehot: float, entropy: float = 1.6) -> EvalRecord:
+    metrics = {
+        "objective": 1.0, "entropy_mean": entropy, "onehot_frac": 0.0, "target_entropy_mean": 1.3,
+        "deploy_entropy_mean": deploy_entropy, "deploy_onehot_frac": deploy_onehot,
     }  # fmt: skip
-    w = one(run_stream(300, stream, profile=profile), "deployed_collapse")
-    assert w.step == 100 and w.evidence["deploy_onehot_frac"] == 0.5
-    assert "T=4" in w.message and "T=1" in w.message
-    assert w.advice.overrides == {"temperature": 1.0}
-    # deployed at the training temperature there is nothing hidden to report
-    same = preset("fixed").replace(deploy_temperature=4.0)
-    assert "deployed_collapse" not in kinds(run_stream(300, stream, profile=profile, config=same))
+    return EvalRecord(step, step // 25, metrics, [1 / C] * C, [1 / C] * C, [[0] * C] * C)
+
+
+def test_collapse_hidden_by_the_temperature_is_raised_for_the_deployed_view():
+    # held-out predictions healthy at T=4 (entropy 1.6 against the targets' 1.3), collapsed at T=1
+    profile = peaky_profile(entropy=1.3, onehot=0.0)
+    det = CollapseDetector(preset("fixed"), profile, STEPS_PER_EPOCH)
+    passes = [(25, 1.0, 0.0), (50, 0.8, 0.2), (75, 0.7, 0.4), (100, 0.4, 0.5), (125, 0.2, 0.9), (150, 0.2, 0.9)]
+    raised = [det.observe_eval(_deploy_eval(*p)) for p in passes]
+    assert [len(r) for r in raised] == [0, 0, 0, 1, 1, 0]
+    w = raised[3][0]
+    assert (w.kind, w.step, w.severity) == ("deployed_collapse", 100, "warning")
+    assert w.evidence["deploy_onehot_frac"] == 0.5 and "T=4" in w.message and "T=1" in w.message
+    assert w.advice.overrides == {"temperature": 1.0, "cap_entropy_at_target": True}
+    assert raised[4][0].severity == "critical" and raised[4][0].message.startswith("Now critical")
+    # cleared once the deployed entropy recovers, raised again when it falls
+    assert det.observe_eval(_deploy_eval(175, 1.0, 0.0)) == []
+    assert [w.step for w in det.observe_eval(_deploy_eval(200, 0.3, 0.6))] == [200]
+    # deployed at the training temperature there is nothing hidden; collapsed as trained, the batch rules speak
+    same = CollapseDetector(preset("fixed").replace(deploy_temperature=4.0), profile, STEPS_PER_EPOCH)
+    assert same.observe_eval(_deploy_eval(100, 0.2, 0.9)) == []
+    both = CollapseDetector(preset("fixed"), profile, STEPS_PER_EPOCH)
+    assert both.observe_eval(_deploy_eval(100, 0.2, 0.9, entropy=0.3)) == []
+
+
+def test_training_batches_sharper_than_the_targets_as_deployed_raise_nothing():
+    # batches are sharper than held-out data: a deployed view under the targets' entropy on batches is no alarm
+    stream = {"entropy_mean": 1.6, "deploy_entropy_mean": 0.3, "deploy_onehot_frac": 0.6}
+    assert run_stream(300, stream, profile=peaky_profile(entropy=1.3, onehot=0.0)).warnings == []
 
 
 def test_flickering_condition_never_fires():
@@ -266,13 +303,13 @@ def test_persisting_condition_is_raised_once_and_again_only_after_clearing():
         first = (s >= 100) & (s < 250) & ~((s >= 180) & (s < 185))
         return np.where(first | (s >= 350), 0.75, 0.0)
 
-    det = run_stream(500, {"onehot_frac": onehot, "entropy_mean": lambda s: np.where(onehot(s) > 0, 0.05, 1.3)})
+    det = run_stream(500, {"onehot_frac": onehot, "entropy_mean": lambda s: np.where(onehot(s) > 0, 0.5, 1.3)})
     assert [(w.kind, w.step) for w in det.warnings] == [("one_hot", 100), ("one_hot", 350)]
 
 
 def test_chunk_size_does_not_change_what_is_raised():
     cols = {
-        "onehot_frac": after(123, 0.75, 0.0), "entropy_mean": after(123, 0.05, 1.3),
+        "onehot_frac": after(123, 0.75, 0.0), "entropy_mean": after(123, 0.5, 1.3),
         "grad_norm": after(300, np.nan, 0.5),
     }  # fmt: skip
     a = [(w.kind, w.step, w.severity) for w in run_stream(400, cols, chunk=1).warnings]
