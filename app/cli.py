@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -17,13 +18,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from app.core.config import Settings
+from app.core.config import Settings, UnsafeBind, check_bind
 
 EXIT_COMPLETED, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: getattr(args, k, None) for k in ("host", "port", "database_url", "workers", "data_dir")}
+    keys = ("host", "port", "database_url", "workers", "data_dir", "token")
+    overrides = {k: getattr(args, k, None) for k in keys}
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -34,6 +36,11 @@ def serve(args: argparse.Namespace) -> int:
     from app.worker import WorkerPool
 
     settings = _settings(args)
+    try:
+        check_bind(settings)
+    except UnsafeBind as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     app = create_app(settings)  # creates or upgrades the schema before any worker starts
     if settings.workers:
         app.state.worker_pool = WorkerPool(
@@ -110,9 +117,25 @@ def submit(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     file_preset = values.pop("preset", None)
     body = {"preset": args.preset or file_preset or "fixed", "config": values, "name": args.name}
+    if "dataset_id" in values:
+        body["dataset_id"] = values.pop("dataset_id")
+    data = values.get("data")
+    table = None
+    if isinstance(data, dict) and "path" in data:
+        # the server never reads a path from a config: the table is uploaded as a dataset first
+        table = Path(args.config_file).parent / str(data["path"])
+        if not table.is_file():
+            print(f"error: {args.config_file}: data.path {data['path']!r} is not a file", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        values["data"] = {k: v for k, v in data.items() if k not in ("path", "kind", "label_column")}
     server = args.server.rstrip("/")
     try:
-        with httpx.Client(base_url=server, timeout=30.0) as client:
+        with httpx.Client(base_url=server, timeout=30.0, headers=_auth_headers()) as client:
+            if table is not None:
+                dataset_id = _upload(client, table, data.get("label_column"))
+                if dataset_id is None:
+                    return EXIT_BAD_INPUT
+                body["dataset_id"] = dataset_id
             response = client.post("/api/runs", json=body)
             if response.status_code == 422:
                 print(f"error: {args.config_file} was rejected:", file=sys.stderr)
@@ -126,6 +149,30 @@ def submit(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print(f"error: {server}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+
+
+def _auth_headers() -> dict[str, str]:
+    """The server's token from COLLAPSEWATCH_TOKEN, as the server itself reads it."""
+    token = os.environ.get("COLLAPSEWATCH_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _upload(client: Any, table: Path, label_column: str | None) -> int | None:
+    """Upload a local table as a dataset; its id, or None (the reason printed) when it is refused."""
+    form = {"name": table.name} | ({"label_column": label_column} if label_column else {})
+    with table.open("rb") as fh:
+        response = client.post("/api/datasets", files={"file": (table.name, fh)}, data=form)
+    if response.status_code in (400, 413, 415, 422):
+        detail = response.json().get("detail")
+        items = detail if isinstance(detail, list) else [{"msg": str(detail)}]
+        print(f"error: {table} was rejected:", file=sys.stderr)
+        for item in items:
+            print(f"  {item.get('msg', item)}", file=sys.stderr)
+        return None
+    response.raise_for_status()
+    dataset = response.json()
+    print(f"uploaded {table.name} as dataset {dataset['id']} ({dataset['rows']} rows)", flush=True)
+    return int(dataset["id"])
 
 
 def _progress(run: dict[str, Any]) -> str:
@@ -177,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="default sqlite:///./collapsewatch.db (COLLAPSEWATCH_DATABASE_URL)")
     p.add_argument("--workers", type=int, help="worker processes, 0 for none; default 2 (COLLAPSEWATCH_WORKERS)")
     p.add_argument("--data-dir", type=Path, help="where uploads are stored; default ./data")
+    p.add_argument("--token", help="required beyond 127.0.0.1: clients send it as a Bearer token (COLLAPSEWATCH_TOKEN)")
     p.set_defaults(func=serve)
 
     p = commands.add_parser("worker", help="only workers (e.g. on another machine sharing a PostgreSQL database)")

@@ -73,6 +73,7 @@ def create_run(*, session: Session, run_in: RunCreate) -> Run:
     preset_name = config.pop("preset", run_in.preset)  # a config file may name its preset
     if run_in.parent_id is not None and session.get(Run, run_in.parent_id) is None:
         raise InputError.at(["body", "parent_id"], f"Run {run_in.parent_id} not found")
+    _refuse_file_references(config, run_in.dataset_id)
     if run_in.dataset_id is not None:
         dataset = session.get(Dataset, run_in.dataset_id)
         if dataset is None:
@@ -93,6 +94,25 @@ def create_run(*, session: Session, run_in: RunCreate) -> Run:
         parent_id=run_in.parent_id,
     )
     return _queue(session, run, default_name=f"{preset_name} #{{id}}")
+
+
+def _refuse_file_references(config: dict[str, Any], dataset_id: int | None) -> None:
+    """A config from the API or the form never names a file: a table is a stored dataset, chosen by
+    `dataset_id` and resolved inside the data directory (a path would let anyone read any file the
+    server can, echoed back in the run's error)."""
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return  # from_dict reports a `data` that is not a table of fields
+    if "path" in data:
+        raise InputError.at(
+            ["body", "config", "data", "path"],
+            "a run config never names a file: upload the table (POST /api/datasets, or the form's upload) "
+            "and pass its dataset_id",
+        )
+    if data.get("kind") == "table" and dataset_id is None:
+        raise InputError.at(
+            ["body", "dataset_id"], 'data.kind "table" trains on an uploaded dataset: pass its dataset_id'
+        )
 
 
 def dataset_data(dataset: Dataset) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from app.core.config import Settings
 from app.db import init_db, make_engine
 from app.errors import InputError, NotFound
 from app.run_feed import FeedHub
+from app.security import SecurityMiddleware
 from app.timing import ServerTimingMiddleware
 from app.worker import WorkerPool, reap_stale_runs
 
@@ -81,10 +83,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.errors}, status_code=422)
 
     @app.exception_handler(Exception)
-    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
-        # a JSON body a client can show instead of a bare "Internal Server Error"; still logged
-        log.error("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # a JSON body a client can show, with an id to find the details in the log: never the
+        # exception's text, which can hold SQL, parameters or storage paths
+        error_id = uuid.uuid4().hex[:12]
+        log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"detail": f"internal error {error_id}: the server log has the details", "error_id": error_id},
+            status_code=500,
+        )
 
 
 def _add_local_docs(app: FastAPI) -> None:
@@ -120,6 +127,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=ROOT / "templates")
     _add_error_handlers(app)
     app.add_middleware(ServerTimingMiddleware)
+    # outermost: a refused request costs nothing further
+    app.add_middleware(
+        SecurityMiddleware, token=settings.token, bind_host=settings.host, trusted_hosts=settings.trusted_hosts
+    )
     app.include_router(api_router, prefix="/api")
 
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)

@@ -6,6 +6,7 @@ live refresh and a reload can never show different things.
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,6 +18,7 @@ from app.api.deps import SessionDep
 from app.config_form import config_differences, display_value, flatten, form_values
 from app.models import RUN_STATUSES, RunPublic
 from app.run_form import find_run, form_context, preset_values, queue_from_form
+from app.security import SESSION_COOKIE, session_value
 from trainer import preset_names
 
 router = APIRouter(include_in_schema=False)
@@ -223,3 +225,39 @@ def compare_page(request: Request, session: SessionDep, ids: str = "") -> Respon
         "compare_meta": meta,
     }
     return render(request, "compare/index.html", context)
+
+
+# --- login (only when the server has a token: see app/security.py) -----------------------------------
+def _safe_next(value: object) -> str:
+    """A local path to return to; anything else (another host, a scheme) goes to the runs list."""
+    text = str(value or "/")
+    return text if text.startswith("/") and not text.startswith("//") and "\\" not in text else "/"
+
+
+@router.get("/login", response_class=HTMLResponse, name="login")
+def login_page(request: Request, next: str = "/") -> Response:
+    if not request.app.state.settings.token:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return render(request, "login.html", {"next": _safe_next(next), "error": None})
+
+
+@router.post("/login", name="login_submit")
+async def login_submit(request: Request) -> Response:
+    token = request.app.state.settings.token
+    form = await request.form()
+    target = _safe_next(form.get("next"))
+    if not token:
+        return RedirectResponse(target, status_code=303)
+    given = str(form.get("token") or "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return render(request, "login.html", {"next": target, "error": "That is not this server's token."}, 401)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_value(token),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=30 * 24 * 3600,
+    )
+    return response

@@ -16,6 +16,7 @@ from app.core.config import Settings
 from app.db import init_db, make_engine
 from app.main import create_app
 
+LOCAL = "http://127.0.0.1"  # the server answers to its loopback names only (app/security.py)
 PG_URL = os.environ.get("COLLAPSEWATCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -38,7 +39,7 @@ def app(settings: Settings) -> FastAPI:
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as test_client:  # runs the lifespan: the server's own stale-run reaper
+    with TestClient(app, base_url=LOCAL) as test_client:  # runs the lifespan: the server's own stale-run reaper
         yield test_client
 
 

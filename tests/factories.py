@@ -17,6 +17,8 @@ from app.worker import run_worker
 from trainer import BATCH_COLUMNS, Advice, BatchChunk, CollapseWarning, EvalRecord, from_dict
 
 T = TypeVar("T")
+# TestClient's base URL: the server answers to its loopback names only (app/security.py)
+LOCAL = "http://127.0.0.1"
 
 # trains 4 batches in well under a second once torch is loaded
 TINY = {"epochs": 1, "batch_size": 32, "hidden_sizes": [16], "data": {"n_samples": 128}}

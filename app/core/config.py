@@ -26,3 +26,22 @@ class Settings(BaseSettings):
     # niceness of the worker processes that `serve` starts: training takes whatever CPU the web app
     # leaves, instead of making pages and streams wait for a time slice behind it (0: same priority)
     worker_nice: int = Field(default=10, ge=0, le=19)
+    # needed by any bind beyond loopback: API requests send `Authorization: Bearer <token>`, pages log in
+    token: str | None = Field(default=None, min_length=16)
+    # Host header names this server answers to besides the loopback ones ("*": any); see app/security.py
+    trusted_hosts: list[str] = Field(default_factory=list)
+
+
+class UnsafeBind(ValueError):
+    """A bind beyond loopback without a token: anyone who reaches the port could run and delete runs."""
+
+
+def check_bind(settings: Settings) -> None:
+    from app.security import is_loopback
+
+    if not is_loopback(settings.host) and not settings.token:
+        raise UnsafeBind(
+            f"refusing to listen on {settings.host} without a token: anyone who reaches the port could create, "
+            "cancel and delete runs. Set COLLAPSEWATCH_TOKEN (16 characters or more) or pass --token, "
+            "or listen on 127.0.0.1"
+        )

@@ -77,18 +77,49 @@ def test_submit_of_a_bad_config_names_the_field_and_exits_2(
     assert "cannot read" in capsys.readouterr().err
 
 
-def test_submit_wait_exits_1_when_the_run_fails_and_3_without_a_server(
+def _soft_csv(rows: int = 96) -> str:
+    lines = ["f0,f1,label"]
+    for i in range(rows):
+        lines.append(f"{(i % 7) / 7:.3f},{(i % 5) / 5:.3f},{'abc'[i % 3]}")
+    return "\n".join(lines) + "\n"
+
+
+def test_submit_uploads_a_local_table_and_trains_on_it(
     server_url: str, engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "missing.json"
+    (tmp_path / "mine.csv").write_text(_soft_csv())
+    path = tmp_path / "run.toml"  # data.path is relative to the config file, as a user writes it
     path.write_text(
-        '{"epochs": 1, "data": {"kind": "table", "path": "/nonexistent/table.csv", "num_classes": 3},'
-        ' "min_entropy": 0.5}'
+        "epochs = 1\nbatch_size = 16\nhidden_sizes = [8]\nmin_entropy = 0.5\n"
+        '[data]\nkind = "table"\npath = "mine.csv"\nlabel_column = "label"\n'
     )
+    with WorkerThread(engine):
+        assert main(["submit", str(path), "--server", server_url, "--wait"]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "uploaded mine.csv as dataset 1 (96 rows)" in out
+    run = httpx.get(f"{server_url}/api/runs/1").json()
+    assert run["dataset_id"] == 1 and run["status"] == "completed" and run["num_classes"] == 3
+    # the stored dataset lives in the data directory, not at the user's path
+    assert Path(run["config"]["data"]["path"]).parent != tmp_path
+
+
+def test_submit_wait_exits_1_when_the_run_fails_and_3_without_a_server(
+    server_url: str, engine: Engine, settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uploaded = httpx.post(
+        f"{server_url}/api/datasets", files={"file": ("t.csv", _soft_csv().encode())}, data={"label_column": "label"}
+    ).json()
+    for stored in settings.data_dir.glob("*"):  # the stored table vanishes before the run starts
+        stored.unlink()
+    path = tmp_path / "missing.json"
+    path.write_text(f'{{"epochs": 1, "dataset_id": {uploaded["id"]}, "min_entropy": 0.5}}')
     with WorkerThread(engine):
         assert main(["submit", str(path), "--server", server_url, "--wait"]) == 1
     assert "run 1 failed: " in capsys.readouterr().out
     assert main(["submit", str(path), "--server", "http://127.0.0.1:9"]) == 3
+    path.write_text('{"data": {"kind": "table", "path": "nowhere.csv"}}')
+    assert main(["submit", str(path), "--server", server_url]) == 2
+    assert "is not a file" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -100,3 +100,23 @@ def test_upload_of_an_unknown_file_type_or_label_column_is_a_422(client: TestCli
     assert response.json()["detail"][0]["column"] == "y"
     assert _stored_files(settings) == [] and client.get("/api/datasets").json() == []
     assert client.get("/api/datasets/99").json() == {"detail": "Dataset 99 not found"}
+
+
+def test_a_run_config_never_names_a_file(client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    # the probe: /etc/passwd as a "table" was accepted and its lines came back in the run's error
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a,b,label\n1,2,x\n3,4,y\n")
+    for path in ("/etc/passwd", str(secret), "../collapsewatch.db"):
+        body = {"config": {"data": {"kind": "table", "path": path, "label_column": "label"}}}
+        response = client.post("/api/runs", json=body)
+        assert response.status_code == 422, response.text
+        (item,) = response.json()["detail"]
+        assert item["loc"] == ["body", "config", "data", "path"] and "dataset_id" in item["msg"]
+        assert path not in response.text
+    # a path alongside a real dataset is refused too, not silently replaced
+    dataset = client.post("/api/datasets", files={"file": ("t.csv", _csv(), "text/csv")}).json()
+    body = {"dataset_id": dataset["id"], "config": {"min_entropy": 0.8, "data": {"path": "/etc/passwd"}}}
+    assert client.post("/api/runs", json=body).status_code == 422
+    no_dataset = client.post("/api/runs", json={"config": {"data": {"kind": "table"}}})
+    assert no_dataset.status_code == 422 and no_dataset.json()["detail"][0]["loc"] == ["body", "dataset_id"]
+    assert client.get("/api/runs").json()["total"] == 0

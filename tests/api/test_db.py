@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import add_run, make_chunk, make_warning, wait_until
+from factories import LOCAL, add_run, make_chunk, make_warning, wait_until
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, inspect, text
 
@@ -60,7 +60,7 @@ def test_an_old_database_is_upgraded_and_keeps_its_runs(tmp_path: Path) -> None:
     # the per-batch table of that version became chunks of packed arrays
     assert not inspect(app.state.engine).has_table("batchstat")
     assert {c["name"] for c in inspect(app.state.engine).get_columns("run")} >= {"latest", "parent_id", "info"}
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         (item,) = client.get("/api/runs").json()["items"]
         assert (item["id"], item["name"], item["status"], item["steps"]) == (1, "old run", "completed", 3)
         assert item["finished_at"].startswith("2024-05-01T10:05:00")

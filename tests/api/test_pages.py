@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from factories import LOCAL
 from fastapi.testclient import TestClient
 from html_dom import Element, parse_html
 from sqlmodel import Session
@@ -23,7 +24,7 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'pages.db'}", workers=0, data_dir=tmp_path / "data")
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), base_url=LOCAL) as test_client:
         yield test_client
 
 

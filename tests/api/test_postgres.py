@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from factories import add_run, make_chunk, make_warning, write_stats
+from factories import LOCAL, add_run, make_chunk, make_warning, write_stats
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.postgres
 def test_statistics_round_trip_and_downsampling_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     app = create_app(Settings(database_url=pg_url, data_dir=tmp_path, workers=0))
     engine = app.state.engine
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         assert client.get("/api/health").json() == {"status": "ok", "database": "postgresql"}
         run_id = add_run(engine)
         chunks = [make_chunk(s, 100) for s in range(0, 5000, 100)]
