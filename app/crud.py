@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
+from app.budgets import Limits, check_run, check_table_size, copy_capped, summarise_table
 from app.errors import InputError, NotFound, config_error_items, table_error_items
 from app.models import (
     SUMMARY_COLUMNS,
@@ -66,14 +67,15 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz")
 
 
 # --- runs -------------------------------------------------------------------------------------------
-def create_run(*, session: Session, run_in: RunCreate) -> Run:
-    """Validate the preset plus overrides (and the dataset, parent) and queue the run; nothing is
-    stored when anything is invalid."""
+def create_run(*, session: Session, run_in: RunCreate, limits: Limits | None = None) -> Run:
+    """Validate the preset plus overrides (and the dataset, parent, and the server's budgets) and queue
+    the run; nothing is stored when anything is invalid."""
     config = dict(run_in.config)
     preset_name = config.pop("preset", run_in.preset)  # a config file may name its preset
     if run_in.parent_id is not None and session.get(Run, run_in.parent_id) is None:
         raise InputError.at(["body", "parent_id"], f"Run {run_in.parent_id} not found")
     _refuse_file_references(config, run_in.dataset_id)
+    dataset = None
     if run_in.dataset_id is not None:
         dataset = session.get(Dataset, run_in.dataset_id)
         if dataset is None:
@@ -85,6 +87,9 @@ def create_run(*, session: Session, run_in: RunCreate) -> Run:
         cfg = from_dict(config, base=preset_name)
     except ConfigError as exc:
         raise InputError(config_error_items(exc)) from exc
+    if limits is not None:
+        shape = (dataset.rows, dataset.n_features) if dataset is not None else (None, None)
+        check_run(cfg, limits, *shape)
     run = Run(
         name=run_in.name or "",
         preset=str(preset_name),
@@ -282,6 +287,7 @@ def create_dataset(
     filename: str,
     name: str | None = None,
     label_column: str | None = None,
+    limits: Limits | None = None,
 ) -> Dataset:
     """Store an upload under a generated name and validate it; on any problem the file is removed
     and nothing is stored (TableError -> InputError with each issue's row and column)."""
@@ -294,9 +300,14 @@ def create_dataset(
     data_dir.mkdir(parents=True, exist_ok=True)
     target = (data_dir / f"{uuid.uuid4().hex}{suffix}").resolve()
     try:
-        with target.open("wb") as fh:
-            shutil.copyfileobj(upload, fh, 1 << 20)
-        summary = read_table_summary(target, label_column=label_column or None)
+        if limits is None:
+            with target.open("wb") as fh:
+                shutil.copyfileobj(upload, fh, 1 << 20)
+            summary = read_table_summary(target, label_column=label_column or None)
+        else:  # capped while copied, sized from its headers, then parsed outside this process
+            copy_capped(upload, target, limits.upload_bytes)
+            check_table_size(target, limits)
+            summary = summarise_table(target, label_column or None, limits)
         dataset = Dataset(
             name=(name or Path(original).stem)[:200],
             filename=original,

@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 
 from app import pages
 from app.api.main import api_router
+from app.budgets import BodyLimitMiddleware, TooLarge, shutdown_reader
 from app.core.config import Settings
 from app.db import init_db, make_engine
 from app.errors import InputError, NotFound
@@ -70,6 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if pool is not None:
             await anyio.to_thread.run_sync(pool.stop)
+        shutdown_reader()
         app.state.engine.dispose()
 
 
@@ -77,6 +79,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(TooLarge)
+    async def too_large(_request: Request, exc: TooLarge) -> JSONResponse:
+        return JSONResponse({"detail": f"{exc} (COLLAPSEWATCH_MAX_UPLOAD_MB)"}, status_code=413)
 
     @app.exception_handler(InputError)
     async def invalid_input(_request: Request, exc: InputError) -> JSONResponse:
@@ -127,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=ROOT / "templates")
     _add_error_handlers(app)
     app.add_middleware(ServerTimingMiddleware)
+    app.add_middleware(BodyLimitMiddleware, upload_mb=settings.max_upload_mb)
     # outermost: a refused request costs nothing further
     app.add_middleware(
         SecurityMiddleware, token=settings.token, bind_host=settings.host, trusted_hosts=settings.trusted_hosts

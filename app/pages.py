@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import crud
 from app.api.deps import SessionDep
+from app.budgets import Limits
 from app.config_form import config_differences, display_value, flatten, form_values
 from app.models import RUN_STATUSES, RunPublic
 from app.run_form import find_run, form_context, preset_values, queue_from_form
@@ -116,7 +117,8 @@ def new_run_page(
 async def create_run_from_form(request: Request, session: SessionDep) -> Response:
     raw = await request.form()
     form = {key: [v for v in raw.getlist(key) if isinstance(v, str)] for key in raw}
-    run_id, context = await run_in_threadpool(queue_from_form, session, form)
+    limits = Limits.from_settings(request.app.state.settings)
+    run_id, context = await run_in_threadpool(queue_from_form, session, form, limits)
     if run_id is not None:
         return RedirectResponse(request.url_for("pages:run", run_id=run_id), status_code=303)
     return render(request, "runs/new.html", context, 422)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlmodel import Session
 
 from app import crud
+from app.budgets import Limits
 from app.config_fields import ALL_FIELDS, FIELD_GROUPS, SYNTHETIC_FIELDS
 from app.config_form import form_values, overrides_from, parse_form, unflatten
 from app.errors import InputError, NotFound
@@ -81,14 +82,16 @@ def _config_errors(
     return []
 
 
-def _queue(session: Session, run_in: RunCreate) -> tuple[int | None, list[tuple[str, str]]]:
-    try:  # crud validates once more, exactly as POST /api/runs does (parent, dataset, config)
-        return crud.create_run(session=session, run_in=run_in).id, []
+def _queue(session: Session, run_in: RunCreate, limits: Limits | None) -> tuple[int | None, list[tuple[str, str]]]:
+    try:  # crud validates once more, exactly as POST /api/runs does (parent, dataset, config, budgets)
+        return crud.create_run(session=session, run_in=run_in, limits=limits).id, []
     except InputError as err:
         return None, [(_error_field(item.get("loc", [])), item["msg"]) for item in err.errors]
 
 
-def queue_from_form(session: Session, form: dict[str, list[str]]) -> tuple[int | None, dict[str, Any]]:
+def queue_from_form(
+    session: Session, form: dict[str, list[str]], limits: Limits | None = None
+) -> tuple[int | None, dict[str, Any]]:
     """Queue the run the form describes: (run id, {}), or (None, the form's context with every error)."""
     first = {k: (v[-1] if v else "") for k, v in form.items()}
     chosen, data_source = first.get("preset", "fixed"), first.get("data_source", "synthetic")
@@ -107,7 +110,7 @@ def queue_from_form(session: Session, form: dict[str, list[str]]) -> tuple[int |
             dataset_id=dataset_id if data_source == "dataset" else None,
             parent_id=parent_id,
         )
-        run_id, problems = _queue(session, run_in)
+        run_id, problems = _queue(session, run_in, limits)
         if run_id is not None:
             return run_id, {}
     errors: dict[str, list[str]] = {}

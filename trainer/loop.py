@@ -175,6 +175,10 @@ class _Run:
         self._warn(self.detector.observe_eval(record))
 
 
+# should_stop is called this many times while a run prepares, then once before every step
+PREPARATION_CHECKS = 2
+
+
 def train(
     config: TrainConfig | dict[str, Any],
     sink: Sink | None = None,
@@ -189,10 +193,15 @@ def train(
     status, error, epoch = "completed", None, 0
     try:
         device = resolve_device(cfg.device)
+        # a cancel is heard after the data is made and after the model is built (PREPARATION_CHECKS),
+        # not only once training has started
         data = load_data(cfg.data)
-        run = _Run(cfg, data, sink, device)
-        sink.on_start(_run_info(cfg, run, data, device))
-        status, epoch = _loop(run, should_stop)
+        run = None if should_stop() else _Run(cfg, data, sink, device)
+        if run is None or should_stop():
+            status, run = "cancelled", None  # nothing started: no statistics to flush
+        else:
+            sink.on_start(_run_info(cfg, run, data, device))
+            status, epoch = _loop(run, should_stop)
     except Exception as exc:  # the run fails; what was measured still reaches the sink
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         traceback.print_exc()

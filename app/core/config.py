@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     token: str | None = Field(default=None, min_length=16)
     # Host header names this server answers to besides the loopback ones ("*": any); see app/security.py
     trusted_hosts: list[str] = Field(default_factory=list)
+    # budgets (app/budgets.py): a run estimated above them is refused with the estimate; an upload
+    # over the byte cap is cut off, and a table whose headers say it holds more than a run could load
+    max_run_memory_mb: int = Field(default=4096, ge=64)
+    max_run_hours: float = Field(default=24.0, gt=0)
+    max_upload_mb: int = Field(default=256, ge=1)
 
 
 class UnsafeBind(ValueError):

@@ -29,7 +29,7 @@ def test_a_page_on_another_origin_cannot_write(client: TestClient) -> None:
                     {"Origin": "http://127.0.0.1:9999"}):  # fmt: skip
         for method, url, kwargs in (
             ("POST", "/api/runs", {"json": RUN}),
-            ("POST", "/runs", {"data": {"preset": "fixed"}}),
+            ("POST", "/runs/new", {"data": {"preset": "fixed"}}),
             ("POST", "/api/runs/1/cancel", {}),
             ("DELETE", "/api/runs/1", {}),
         ):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from trainer import DataSpec, ListSink, TrainConfig, from_dict, train
+from trainer.loop import PREPARATION_CHECKS
 
 # Penalty active from the first step (T=0.2 sharpens the untrained output below h_min),
 # imbalanced data so class weights matter, two epochs of 4 batches each.
@@ -30,7 +31,7 @@ def run(overrides: dict, steps: int | None = None, data: dict | None = None) -> 
     data = {**BASE["data"], **overrides.get("data", {})} if data is None else data
     cfg = from_dict({**BASE, **overrides, "data": data})
     sink = ListSink()
-    calls = iter(range(10**9))
+    calls = iter(range(-PREPARATION_CHECKS, 10**9))  # the calls before the first step do not count
     result = train(cfg, sink, should_stop=(lambda: next(calls) >= steps) if steps else None)
     assert result.status in ("completed", "cancelled"), result.error
     assert result.config == cfg.to_dict(), "the effective config is exactly what ran"

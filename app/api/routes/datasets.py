@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from app import crud
 from app.api.deps import SessionDep, SettingsDep
+from app.budgets import Limits
 from app.models import Dataset, DatasetPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -30,6 +31,7 @@ def upload_dataset(
         filename=file.filename or "upload",
         name=name,
         label_column=label_column,
+        limits=Limits.from_settings(settings),
     )
 
 

@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 
 from app import crud
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, SettingsDep
+from app.budgets import Limits
 from app.errors import InputError
 from app.models import ApplyAdvice, EvalPublic, RunCreate, RunPublic, RunsPage, StatsPublic, WarningPublic
 
@@ -27,8 +28,8 @@ def list_runs(
 
 
 @router.post("", response_model=RunPublic, status_code=201)
-def create_run(session: SessionDep, run_in: RunCreate) -> RunPublic:
-    run = crud.create_run(session=session, run_in=run_in)
+def create_run(session: SessionDep, settings: SettingsDep, run_in: RunCreate) -> RunPublic:
+    run = crud.create_run(session=session, run_in=run_in, limits=Limits.from_settings(settings))
     return crud.run_public(session=session, run=run)
 
 
