@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from app.core.config import Settings
 from app.db import init_db, make_engine
 from app.errors import InputError, NotFound
 from app.run_feed import FeedHub
-from app.security import SecurityMiddleware
+from app.security import SecurityMiddleware, csrf_value
 from app.timing import ServerTimingMiddleware
 from app.worker import WorkerPool, reap_stale_runs
 
@@ -135,8 +136,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServerTimingMiddleware)
     app.add_middleware(BodyLimitMiddleware, upload_mb=settings.max_upload_mb)
     # outermost: a refused request costs nothing further
+    # the CSRF secret: the token when there is one (stable across restarts), else fresh per start
+    csrf_secret = settings.token or secrets.token_hex(32)
+    app.state.csrf_secret = csrf_secret
+    app.state.templates.env.globals["csrf_token"] = csrf_value(csrf_secret)
     app.add_middleware(
-        SecurityMiddleware, token=settings.token, bind_host=settings.host, trusted_hosts=settings.trusted_hosts
+        SecurityMiddleware,
+        token=settings.token,
+        bind_host=settings.host,
+        trusted_hosts=settings.trusted_hosts,
+        csrf_secret=csrf_secret,
     )
     app.include_router(api_router, prefix="/api")
 

@@ -19,12 +19,13 @@ from app.budgets import Limits
 from app.config_form import config_differences, display_value, flatten, form_values
 from app.models import RUN_STATUSES, RunPublic
 from app.run_form import find_run, form_context, preset_values, queue_from_form
-from app.security import SESSION_COOKIE, session_value
+from app.security import CSRF_FIELD, SESSION_COOKIE, csrf_ok, session_value
 from trainer import preset_names
 
 router = APIRouter(include_in_schema=False)
 
 RUNS_PER_PAGE = 50
+CSRF_REFUSED = "This form was not sent by one of this server's pages (its CSRF token is missing or old): reload it."
 STATS_POINTS = 2000  # server-side downsampling target for a chart's first load
 # live points a run page's charts take before they are drawn afresh from the downsampled history, so a
 # page left open on a fast run stays light (static/js/run_page.js)
@@ -116,7 +117,9 @@ def new_run_page(
 @router.post("/runs/new", name="pages:create_run", response_class=HTMLResponse)
 async def create_run_from_form(request: Request, session: SessionDep) -> Response:
     raw = await request.form()
-    form = {key: [v for v in raw.getlist(key) if isinstance(v, str)] for key in raw}
+    if not csrf_ok(raw.get(CSRF_FIELD), request.app.state.csrf_secret):
+        return error_page(request, PageError(403, "Form expired", CSRF_REFUSED))
+    form = {key: [v for v in raw.getlist(key) if isinstance(v, str) and key != CSRF_FIELD] for key in raw}
     limits = Limits.from_settings(request.app.state.settings)
     run_id, context = await run_in_threadpool(queue_from_form, session, form, limits)
     if run_id is not None:

@@ -8,6 +8,9 @@
 - With a token (`COLLAPSEWATCH_TOKEN` or `--token`; required by any bind beyond loopback) every request
   but the health check, the login page and static files needs it: `Authorization: Bearer <token>` for
   the API, or the session cookie that `/login` sets (HttpOnly, SameSite=Strict) for the pages.
+- A browser's write (it sends `Sec-Fetch-Site`, or the session cookie) also carries the CSRF token its
+  page was given: the `X-CSRF-Token` header from the API client in static/js/api.js, a hidden
+  `csrf_token` field in HTML forms (checked by the page routes). Bearer clients need none.
 - Every response carries a Content-Security-Policy (scripts from this server only), `X-Frame-Options:
   DENY` and `X-Content-Type-Options: nosniff`.
 """
@@ -24,6 +27,7 @@ from urllib.parse import quote, urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SESSION_COOKIE = "collapsewatch_session"
+CSRF_HEADER, CSRF_FIELD = "x-csrf-token", "csrf_token"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 # reachable without a token: the health check (for probes and load balancers), the login page, assets
 OPEN_PATHS = ("/api/health", "/login", "/static/", "/favicon.ico")
@@ -50,6 +54,15 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"collapsewatch session", hashlib.sha256).hexdigest()
 
 
+def csrf_value(secret: str) -> str:
+    """The CSRF token pages embed: derived from the server's secret (its token, or a random one per start)."""
+    return hmac.new(secret.encode(), b"collapsewatch csrf", hashlib.sha256).hexdigest()
+
+
+def csrf_ok(given: object, secret: str) -> bool:
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), csrf_value(secret).encode())
+
+
 def _host_name(host_header: str) -> str:
     if host_header.startswith("["):  # [::1]:8000
         return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
@@ -68,9 +81,12 @@ def _cookies(header: str) -> dict[str, str]:
 class SecurityMiddleware:
     """Pure ASGI, so streaming responses (the event stream) pass through untouched."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None, bind_host: str, trusted_hosts: list[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, token: str | None, bind_host: str, trusted_hosts: list[str], csrf_secret: str
+    ) -> None:
         self.app = app
         self.token = token or None
+        self.csrf_secret = csrf_secret
         names = {h.strip().lower() for h in trusted_hosts if h.strip()}
         # bound to loopback: only loopback names unless more are listed; bound wider: any name, or the list
         if is_loopback(bind_host):
@@ -115,6 +131,16 @@ class SecurityMiddleware:
             origin, site = headers.get("origin"), headers.get("sec-fetch-site")
             if site == "cross-site" or (origin is not None and urlsplit(origin).netloc.lower() != host_header.lower()):
                 return 403, f"a write from another origin ({origin or site}) is refused", {}
+            browser = site is not None or SESSION_COOKIE in headers.get("cookie", "")
+            bearer = headers.get("authorization", "")[:7].lower() == "bearer "
+            # pages check their forms' field themselves; the API wants the header from a browser
+            if (
+                browser
+                and not bearer
+                and path.startswith("/api/")
+                and not csrf_ok(headers.get(CSRF_HEADER), self.csrf_secret)
+            ):
+                return 403, "a write from a page needs its CSRF token (the X-CSRF-Token header); reload the page", {}
         if self.token is None or path.startswith(OPEN_PATHS) or self._authorised(headers):
             return None
         if not path.startswith("/api/") and method in SAFE_METHODS:

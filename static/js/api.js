@@ -24,8 +24,12 @@ export class ApiError extends Error {
   }
 }
 
+// the token this page was served with (templates/base.html): the server wants it on every write
+const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
+
 async function send(url, options) {
-  const response = await fetch(url, { headers: { Accept: "application/json" }, ...options });
+  const headers = { Accept: "application/json", "X-CSRF-Token": csrfToken, ...(options.headers ?? {}) };
+  const response = await fetch(url, { ...options, headers });
   const text = await response.text();
   let body = null;
   try {
@@ -40,7 +44,7 @@ async function send(url, options) {
 export const getJSON = (url) => send(url, { method: "GET" });
 
 export const postJSON = (url, payload = {}) =>
-  send(url, { method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" }, body: JSON.stringify(payload) });
+  send(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
 
 export const postForm = (url, formData) => send(url, { method: "POST", body: formData });
 
@@ -50,17 +54,24 @@ export async function getHTML(url) {
   return response.text();
 }
 
-// Follow a run's event stream. EventSource would reconnect to the same URL (and so resend from the
-// first since_step), so reconnects are ours, resuming after the last step received.
+// Follow a run's event stream. Every event carries an id (its position in the run's statistics,
+// evaluations, warnings and status); a reconnect resumes after the last id received, so it gets exactly
+// what it missed. EventSource's own reconnects send that id too, but it gives up on an HTTP error (a
+// restarting server), so reconnects are ours, with the id as `last_event_id`.
 export function followRun(eventsUrl, sinceStep, handlers) {
   let lastStep = sinceStep;
+  let lastEventId = "";
   let source = null;
   let stopped = false;
-  const parse = (fn) => (event) => fn(JSON.parse(event.data));
+  const parse = (fn) => (event) => {
+    lastEventId = event.lastEventId || lastEventId;
+    fn(JSON.parse(event.data));
+  };
 
   function open() {
     const url = new URL(eventsUrl, window.location.href);
-    url.searchParams.set("since_step", String(lastStep));
+    if (lastEventId) url.searchParams.set("last_event_id", lastEventId);
+    else url.searchParams.set("since_step", String(lastStep));
     source = new EventSource(url);
     source.addEventListener("stats", parse((stats) => {
       if (stats.last_step > lastStep) lastStep = stats.last_step;
@@ -85,5 +96,5 @@ export function followRun(eventsUrl, sinceStep, handlers) {
   }
 
   open();
-  return { stop, lastStep: () => lastStep };
+  return { stop, lastStep: () => lastStep, lastEventId: () => lastEventId };
 }

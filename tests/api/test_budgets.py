@@ -49,7 +49,8 @@ def test_a_run_over_the_budget_is_refused_with_its_estimate(client: TestClient, 
 
 
 def test_the_form_shows_the_estimate_too(client: TestClient) -> None:
-    response = client.post("/runs/new", data={"preset": "fixed", "data.n_samples": "10000000"})
+    token = client.get("/runs/new").text.split('name="csrf_token" value="')[1].split('"')[0]
+    response = client.post("/runs/new", data={"preset": "fixed", "data.n_samples": "10000000", "csrf_token": token})
     assert response.status_code == 422 and "this run would need about" in response.text
     assert client.get("/api/runs").json()["total"] == 0
 

@@ -34,6 +34,12 @@ def make_run(client: TestClient, **body: object) -> dict:
     return response.json()
 
 
+def submit_form(client: TestClient, form: dict[str, str], **kwargs: object):
+    """POST the run form as a browser does: with the CSRF token of the page it came from."""
+    token = parse_html(client.get("/runs/new").text).find("input", name="csrf_token").attrs["value"]
+    return client.post("/runs/new", data={**form, "csrf_token": token}, **kwargs)
+
+
 def page(client: TestClient, url: str, status: int = 200) -> Element:
     response = client.get(url)
     assert response.status_code == status, response.text[:500]
@@ -109,7 +115,7 @@ def test_submitted_form_queues_the_run_and_redirects_to_it(client: TestClient) -
         "epochs": "2",
         "data.n_samples": "200",
     }
-    response = client.post("/runs/new", data=form, follow_redirects=False)
+    response = submit_form(client, form, follow_redirects=False)
     assert response.status_code == 303
     run_id = int(response.headers["location"].rstrip("/").rsplit("/", 1)[1])
     run = client.get(f"/api/runs/{run_id}").json()
@@ -121,7 +127,7 @@ def test_submitted_form_queues_the_run_and_redirects_to_it(client: TestClient) -
 
 def test_invalid_form_shows_each_error_beside_its_field_and_queues_nothing(client: TestClient) -> None:
     form = {"preset": "fixed", "data_source": "synthetic", "temperature": "0", "data.n_samples": "many"}
-    response = client.post("/runs/new", data=form)
+    response = submit_form(client, form)
     assert response.status_code == 422
     doc = parse_html(response.text)
     assert "[0.05, 100" in doc.by_id("temperature-error").text
@@ -134,7 +140,7 @@ def test_invalid_form_shows_each_error_beside_its_field_and_queues_nothing(clien
 
 def test_min_entropy_is_checked_against_the_class_count(client: TestClient) -> None:
     form = {"preset": "fixed", "data_source": "synthetic", "data.num_classes": "4", "min_entropy": "1.5"}
-    doc = parse_html(client.post("/runs/new", data=form).text)
+    doc = parse_html(submit_form(client, form).text)
     assert "ln(4)" in doc.by_id("min_entropy-error").text
     assert client.get("/api/runs").json()["total"] == 0
 
@@ -149,7 +155,7 @@ def test_uploaded_dataset_can_be_picked_in_the_form(client: TestClient) -> None:
     options = page(client, "/runs/new").by_id("dataset_id").find_all("option")
     assert [o.attrs["value"] for o in options] == [str(dataset["id"])]
     form = {"preset": "fixed", "data_source": "dataset", "dataset_id": str(dataset["id"]), "min_entropy": "0.5"}
-    response = client.post("/runs/new", data=form, follow_redirects=False)
+    response = submit_form(client, form, follow_redirects=False)
     assert response.status_code == 303, response.text
     run = client.get(response.headers["location"].replace("/runs/", "/api/runs/")).json()
     assert run["config"]["data"]["kind"] == "table" and run["config"]["data"]["num_classes"] == 3
@@ -233,7 +239,7 @@ def test_new_run_from_a_parent_starts_from_its_config_and_links_back(client: Tes
         "lr": "0.037",
         "parent_id": doc.find("input", name="parent_id").attrs["value"],
     }
-    response = client.post("/runs/new", data=form, follow_redirects=False)
+    response = submit_form(client, form, follow_redirects=False)
     child_doc = page(client, response.headers["location"])
     rows = child_doc.by_id("parent-diff").find("tbody").find_all("tr")
     assert [r.find("th").text for r in rows] == ["lr"]

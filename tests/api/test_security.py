@@ -39,8 +39,27 @@ def test_a_page_on_another_origin_cannot_write(client: TestClient) -> None:
     assert client.get("/api/runs").json()["total"] == 0
     # the server's own pages (same origin) and non-browser clients (no Origin) may write
     assert client.post("/api/runs", json=RUN, headers={"Origin": LOCAL}).status_code == 201
-    assert client.post("/api/runs", json=RUN, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 201
     assert client.post("/api/runs", json=RUN).status_code == 201
+
+
+def _csrf(client: TestClient) -> str:
+    return client.get("/").text.split('<meta name="csrf-token" content="')[1].split('"')[0]
+
+
+def test_a_browser_write_needs_the_csrf_token_of_its_page(client: TestClient) -> None:
+    browser = {"Sec-Fetch-Site": "same-origin", "Origin": LOCAL}
+    refused = client.post("/api/runs", json=RUN, headers=browser)
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+    wrong = client.post("/api/runs", json=RUN, headers={**browser, "X-CSRF-Token": "0" * 64})
+    assert wrong.status_code == 403
+    assert client.post("/api/runs", json=RUN, headers={**browser, "X-CSRF-Token": _csrf(client)}).status_code == 201
+    # the HTML form: its hidden field, checked by the page route
+    form = {"preset": "fixed", "epochs": "1"}
+    page = client.post("/runs/new", data=form, headers=browser)
+    assert page.status_code == 403 and "CSRF token" in page.text
+    ok = client.post("/runs/new", data={**form, "csrf_token": _csrf(client)}, headers=browser, follow_redirects=False)
+    assert ok.status_code == 303
+    assert client.get("/api/runs").json()["total"] == 2
 
 
 def test_only_this_servers_names_are_answered(client: TestClient) -> None:

@@ -3,12 +3,16 @@ watch its charts grow live, apply the advice of its warning, and compare the two
 
 from __future__ import annotations
 
+import functools
+import http.server
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -213,3 +217,39 @@ def test_live_charts_redrawn_from_history_keep_every_step_and_the_zoom(page: syn
     xs = page.evaluate("() => document.getElementById('chart-entropy').data[0].x")
     assert xs == list(range(steps)), "a step is missing or shown twice"  # under 2000 steps: not downsampled
     assert page.evaluate("() => document.getElementById('chart-entropy').layout.xaxis.range") == [0, 30]
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base}{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def test_a_page_on_another_origin_can_neither_cancel_nor_create_runs(server: str, tmp_path: Path) -> None:
+    # the probe: a page elsewhere cancelled a running run and queued one through the form
+    victim = _api(server, "/api/runs", {"preset": "fixed", "config": {"epochs": 5000}})
+    before = _api(server, "/api/runs?limit=1")["total"]
+    evil = tmp_path / "evil.html"
+    evil.write_text(f"""<!doctype html><form id="f" method="post" action="{server}/runs/new">
+<input name="preset" value="collapse-prone"><input name="epochs" value="1"></form>
+<script>
+fetch("{server}/api/runs/{victim["id"]}/cancel", {{method: "POST", mode: "no-cors"}})
+  .catch(() => null).finally(() => document.getElementById("f").submit());
+</script>""")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # another port: another origin
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            tab = browser.new_page()
+            tab.goto(f"http://127.0.0.1:{other.server_address[1]}/evil.html")
+            tab.wait_for_url(f"{server}/runs/new", timeout=15_000)  # the form went out and was answered
+            assert "another origin" in tab.content()
+            browser.close()
+    finally:
+        other.shutdown()
+    assert _api(server, f"/api/runs/{victim['id']}")["status"] in ("queued", "running"), "not cancelled"
+    assert _api(server, "/api/runs?limit=1")["total"] == before, "nothing queued"
+    _api(server, f"/api/runs/{victim['id']}/cancel", {})  # frees the worker for what follows
