@@ -97,7 +97,7 @@ FIELD_GROUPS: tuple[FieldGroup, ...] = (
         F("data.n_annotators", "Annotators", "int", "[1, 1000]", "Simulated annotators averaged into each target."),
         F("data.biased_annotator_rate", "Biased annotator rate", "float", "[0, 1]",
           "How often the biased annotator votes for its favourite class."),
-        F("data.seed", "Data seed", "int", "integer", "Seeds the generator."),
+        F("data.seed", "Data seed", "int", "[0, 4294967295]", "Seeds the generator."),
     ), synthetic_only=True),
     FieldGroup("Split and monitoring",
                "How much is held out, and how often statistics are recorded and handed on.", (

@@ -6,17 +6,19 @@ They raise `app.errors.NotFound` (404) and `app.errors.InputError` (422); never 
 from __future__ import annotations
 
 import shutil
+import unicodedata
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from sqlalchemy import delete, func, update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from app.budgets import Limits, check_run, check_table_size, copy_capped, summarise_table
 from app.errors import InputError, NotFound, config_error_items, table_error_items
 from app.models import (
+    MAX_ID,
     SUMMARY_COLUMNS,
     Dataset,
     EvalPublic,
@@ -45,6 +47,7 @@ from trainer import (
     preset_names,
     read_table_summary,
 )
+from trainer.config import device_problem
 
 __all__ = [
     "apply_advice",
@@ -64,6 +67,25 @@ __all__ = [
     "run_summary",
 ]
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz")
+# never part of a name: a control character (PostgreSQL refuses NUL in text) or a lone surrogate (it
+# has no UTF-8 form, so neither database, nor the JSON of an answer, can hold it)
+_REFUSED_CHARACTERS = {"Cc": "control character", "Cs": "lone surrogate"}
+_Row = TypeVar("_Row", bound=SQLModel)
+
+
+def _by_id(session: Session, model: type[_Row], id_: int) -> _Row | None:
+    """The row with this id; None, without a query, for an id no table can hold (PostgreSQL's INTEGER
+    keys end at 2**31 - 1, and SQLite overflows past 2**63 - 1): callers reached by ids parsed from
+    form fields and URLs get the same "not found" as for any other missing id."""
+    return session.get(model, id_) if 1 <= id_ <= MAX_ID else None
+
+
+def _refuse_control_characters(loc: list[str | int], text: str | None, subject: str) -> None:
+    for position, char in enumerate(text or ""):
+        kind = _REFUSED_CHARACTERS.get(unicodedata.category(char))
+        if kind is not None:
+            message = f"{subject} must not contain a {kind}: U+{ord(char):04X} at position {position}"
+            raise InputError.at(loc, message, "value_error.text")
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -72,12 +94,18 @@ def create_run(*, session: Session, run_in: RunCreate, limits: Limits | None = N
     the run; nothing is stored when anything is invalid."""
     config = dict(run_in.config)
     preset_name = config.pop("preset", run_in.preset)  # a config file may name its preset
-    if run_in.parent_id is not None and session.get(Run, run_in.parent_id) is None:
+    if not isinstance(preset_name, str):  # from_dict would take it for a config to start from
+        raise InputError.at(
+            ["body", "config", "preset"],
+            f"must be a preset name ({', '.join(preset_names())}), got {type(preset_name).__name__} {preset_name!r}",
+        )
+    _refuse_control_characters(["body", "name"], run_in.name, "a run's name")
+    if run_in.parent_id is not None and _by_id(session, Run, run_in.parent_id) is None:
         raise InputError.at(["body", "parent_id"], f"Run {run_in.parent_id} not found")
     _refuse_file_references(config, run_in.dataset_id)
     dataset = None
     if run_in.dataset_id is not None:
-        dataset = session.get(Dataset, run_in.dataset_id)
+        dataset = _by_id(session, Dataset, run_in.dataset_id)
         if dataset is None:
             raise InputError.at(["body", "dataset_id"], f"Dataset {run_in.dataset_id} not found")
         data = config.get("data", {})
@@ -87,6 +115,11 @@ def create_run(*, session: Session, run_in: RunCreate, limits: Limits | None = N
         cfg = from_dict(config, base=preset_name)
     except ConfigError as exc:
         raise InputError(config_error_items(exc)) from exc
+    # checked here, where a run is submitted, not in from_dict: a config stays valid on any machine,
+    # but this server's workers train it on this machine's devices
+    problem = device_problem(cfg.device)
+    if problem is not None:
+        raise InputError.at(["body", "config", "device"], problem, "value_error.config")
     if limits is not None:
         shape = (dataset.rows, dataset.n_features) if dataset is not None else (None, None)
         check_run(cfg, limits, *shape)
@@ -141,7 +174,7 @@ def _queue(session: Session, run: Run, default_name: str) -> Run:
 
 
 def get_run(*, session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
+    run = _by_id(session, Run, run_id)
     if run is None:
         raise NotFound(f"Run {run_id} not found")
     return run
@@ -218,7 +251,7 @@ def delete_run(*, session: Session, run_id: int) -> None:
 def apply_advice(*, session: Session, run_id: int, warning_id: int) -> Run:
     """Queue a child run: the parent's effective config plus the warning's advice overrides."""
     parent = get_run(session=session, run_id=run_id)
-    warning = session.get(RunWarning, warning_id)
+    warning = _by_id(session, RunWarning, warning_id)
     if warning is None or warning.run_id != run_id:
         raise NotFound(f"Warning {warning_id} not found")
     if not warning.advice or not warning.advice.get("overrides"):
@@ -292,6 +325,9 @@ def create_dataset(
     """Store an upload under a generated name and validate it; on any problem the file is removed
     and nothing is stored (TableError -> InputError with each issue's row and column)."""
     original = Path(filename or "upload").name
+    _refuse_control_characters(["body", "file"], original, "the file's name")  # it is stored and shown
+    _refuse_control_characters(["body", "name"], name, "a dataset's name")
+    _refuse_control_characters(["body", "label_column"], label_column, "a column name")
     suffix = Path(original).suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise InputError.at(
@@ -332,7 +368,7 @@ def create_dataset(
 
 
 def get_dataset(*, session: Session, dataset_id: int) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
+    dataset = _by_id(session, Dataset, dataset_id)
     if dataset is None:
         raise NotFound(f"Dataset {dataset_id} not found")
     return dataset

@@ -1,10 +1,21 @@
-"""Errors a user can act on: `NotFound` becomes a 404, `InputError` a 422 naming each bad field."""
+"""Errors a user can act on: `NotFound` becomes a 404, `InputError` a 422 naming each bad field; and
+`responses()`, the error answers a route documents in the OpenAPI schema besides its own 422."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.models import ErrorPublic, sendable
 from trainer import ConfigError, TableError
+
+# What each status means here; app/security.py, app/budgets.py and the handlers in app/main.py send them.
+_RESPONSES: dict[int, str] = {
+    400: "the Host header is not a name of this server, or a form body could not be parsed",
+    401: "the server has a token and the request did not send it (Authorization: Bearer <token>)",
+    403: "a write from another origin, or from a page without its CSRF token (X-CSRF-Token)",
+    404: "no such run, dataset or warning; the message names the id",
+    413: "the request body is larger than the server's upload limit (COLLAPSEWATCH_MAX_UPLOAD_MB)",
+}
 
 
 class NotFound(LookupError):
@@ -15,12 +26,18 @@ class InputError(ValueError):
     """`errors` are FastAPI-style items: {"loc": [...], "msg": ..., "type": ...} plus any extra keys."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self.errors = errors
+        # a loc can hold a key of the request's own JSON, a lone surrogate included
+        self.errors = [{**e, "loc": sendable(e["loc"]), "msg": sendable(e["msg"])} for e in errors]
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
 
     @classmethod
     def at(cls, loc: list[str | int], msg: str, type_: str = "value_error") -> InputError:
         return cls([{"loc": loc, "msg": msg, "type": type_}])
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route that can answer these codes (FastAPI documents 422 itself)."""
+    return {code: {"model": ErrorPublic, "description": _RESPONSES[code]} for code in codes}
 
 
 def config_error_items(exc: ConfigError, prefix: tuple[str, ...] = ("body", "config")) -> list[dict[str, Any]]:

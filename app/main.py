@@ -20,6 +20,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import OperationalError
 
 from app import pages
 from app.api.main import api_router
@@ -88,6 +89,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def invalid_input(_request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def database_busy(request: Request, exc: OperationalError) -> JSONResponse:
+        # a held lock past the busy timeout, a full disk, a lost connection: the request can be
+        # retried, and the body says so without the statement or its parameters
+        error_id = uuid.uuid4().hex[:12]
+        log.error("database error %s on %s %s: %s", error_id, request.method, request.url.path, exc.orig)
+        return JSONResponse(
+            {"detail": f"the database is busy or unavailable (error {error_id}); retry shortly", "error_id": error_id},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -7,11 +7,15 @@ batches decodes a handful of blobs instead of building a Python object per value
 
 from __future__ import annotations
 
+import difflib
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError, ValidatorFunctionWrapHandler, model_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, Text, TypeDecorator
 from sqlmodel import Field, SQLModel
+from sqlmodel._compat import SQLModelConfig
 
 from trainer import BATCH_COLUMNS
 
@@ -23,6 +27,11 @@ FINISHED_STATUSES = ("completed", "failed", "cancelled", "diverged")
 RUN_STATUSES = ("queued", "running", *FINISHED_STATUSES)
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 SUMMARY_COLUMNS = ("entropy_mean", "onehot_frac", "hist_top_share", "loss", "target_entropy_mean")
+# The largest id any table holds: ids are INTEGER primary keys, 32-bit on PostgreSQL (64-bit on SQLite),
+# so an id parameter is bounded by the smaller and a larger one is refused before it reaches a query.
+MAX_ID = 2**31 - 1
+# Steps are BIGINT columns (StatChunk, StatBlock); a step parameter beyond them cannot match a row.
+MAX_STEP = 2**63 - 1
 
 
 def utcnow() -> datetime:
@@ -69,6 +78,8 @@ class Run(RunBase, table=True):
     worker: str | None = None
     cancel_requested: bool = False
     error: str | None = Field(default=None, sa_type=Text)
+    # what the sink could not store after retrying (app/sink.py), e.g. "50 batches (steps 400-449) ..."
+    data_lost: str | None = Field(default=None, sa_type=Text)
     duration_s: float | None = None
     # kept up to date by the sink once per flushed chunk, so list views never touch StatChunk
     steps: int = 0
@@ -168,18 +179,66 @@ class Dataset(DatasetBase, table=True):
 
 
 # --- API schemas (a table class is never a response model) ------------------------------------------
-class RunCreate(SQLModel):
+class RequestBody(SQLModel):
+    """A request body that refuses unknown keys: a typo such as `confg` would otherwise be dropped and
+    the request would silently do the default. The 422 names the key and the closest known one."""
+
+    model_config = SQLModelConfig(extra="forbid")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_unknown_keys(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            # the same errors, with pydantic's bare "Extra inputs are not permitted" reworded
+            items = [_suggest_known_key(cls, e) if e["type"] == "extra_forbidden" else e for e in exc.errors()]
+            line_errors = [
+                {k: e[k] for k in ("type", "ctx") if k in e}
+                | {"loc": sendable(e["loc"]), "input": sendable(e["input"])}
+                for e in items
+            ]
+            raise ValidationError.from_exception_data(exc.title, line_errors) from None
+
+
+def sendable(value: Any) -> Any:
+    """`value` as the 422 can echo it: a lone surrogate (JSON allows "\\ud800", UTF-8 has no form for it)
+    would make the answer itself fail to encode, so it is echoed escaped."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {sendable(k): sendable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(sendable(v) for v in value)
+    return value
+
+
+def _suggest_known_key(model: type[SQLModel], error: Any) -> dict[str, Any]:
+    key, known = str(error["loc"][-1]), list(model.model_fields)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    message = f"unknown field {key!r}: {hint}known fields: {', '.join(known)}"
+    return {**error, "type": PydanticCustomError("extra_forbidden", message)}
+
+
+class RunCreate(RequestBody):
     """A run to queue: a preset plus overrides (nested "data" allowed), optionally on an uploaded dataset."""
 
     name: str | None = Field(default=None, max_length=200)
     preset: str = "fixed"
     config: dict[str, Any] = Field(default_factory=dict)
-    dataset_id: int | None = None
-    parent_id: int | None = None
+    dataset_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    parent_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
-class ApplyAdvice(SQLModel):
-    warning_id: int
+class ApplyAdvice(RequestBody):
+    warning_id: int = Field(ge=1, le=MAX_ID)
+
+
+class ErrorPublic(SQLModel):
+    """The body of every error answer but a 422: one sentence that says what to do."""
+
+    detail: str
 
 
 class EvalPublic(SQLModel):
@@ -207,6 +266,7 @@ class RunSummary(RunBase):
 class RunPublic(RunSummary):
     config: dict[str, Any]  # the effective config, exactly as it trains
     error: str | None
+    data_lost: str | None = None  # records the database never took, after retries: shown on the run page
     worker: str | None
     heartbeat_at: datetime | None
     cancel_requested: bool

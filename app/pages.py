@@ -17,8 +17,8 @@ from app import crud
 from app.api.deps import SessionDep
 from app.budgets import Limits
 from app.config_form import config_differences, display_value, flatten, form_values
-from app.models import RUN_STATUSES, RunPublic
-from app.run_form import find_run, form_context, preset_values, queue_from_form
+from app.models import MAX_ID, RUN_STATUSES, RunPublic
+from app.run_form import find_run, form_context, parse_id, preset_values, queue_from_form
 from app.security import CSRF_FIELD, SESSION_COOKIE, csrf_ok, session_value
 from trainer import preset_names
 
@@ -52,7 +52,8 @@ def error_page(request: Request, err: PageError) -> HTMLResponse:
 
 def load_run(session: SessionDep, run_id: int | str) -> RunPublic:
     """The run, or a PageError (404) naming the id, also when the id is not a number."""
-    run = find_run(session, int(run_id)) if str(run_id).isdigit() else None
+    number = parse_id(str(run_id))
+    run = find_run(session, number) if number is not None else None
     if run is None:
         raise PageError(404, f"Run {run_id} not found", f"There is no run {run_id}; it may have been deleted.")
     return run
@@ -62,6 +63,8 @@ def load_run(session: SessionDep, run_id: int | str) -> RunPublic:
 def _runs_context(session: SessionDep, status: str | None, offset: int) -> dict[str, Any]:
     if status and status not in RUN_STATUSES:
         raise PageError(422, "Unknown status", f"Unknown status {status!r}; known: {', '.join(RUN_STATUSES)}.")
+    if offset > MAX_ID:  # the database cannot take it, and no table holds that many rows
+        raise PageError(422, "Bad offset", f"offset must be at most {MAX_ID:,}, got {offset:,}.")
     page = crud.list_runs(session=session, status=status or None, limit=RUNS_PER_PAGE, offset=max(offset, 0))
     return {
         "runs": page.items,
@@ -194,10 +197,12 @@ def run_warnings(request: Request, session: SessionDep, run_id: str) -> Response
 # --- compare --------------------------------------------------------------------------------------
 def _parse_ids(ids: str) -> list[int]:
     parts = [p.strip() for p in ids.split(",") if p.strip()]
-    bad = [p for p in parts if not p.isdigit()]
+    numbers = [parse_id(p) for p in parts]
+    bad = [p for p, number in zip(parts, numbers, strict=True) if number is None]
     if bad:
-        raise PageError(422, "Bad run ids", f"ids must be run numbers separated by commas, got {bad[0]!r}.")
-    unique = list(dict.fromkeys(int(p) for p in parts))
+        message = f"ids must be run numbers (1 to {MAX_ID:,}) separated by commas, got {bad[0]!r}."
+        raise PageError(422, "Bad run ids", message)
+    unique = list(dict.fromkeys(n for n in numbers if n is not None))
     if len(unique) < 2:
         raise PageError(422, "Pick two or more runs", "Compare needs at least two run ids, e.g. /compare?ids=1,2.")
     return unique

@@ -15,7 +15,7 @@ from app.budgets import Limits
 from app.config_fields import ALL_FIELDS, FIELD_GROUPS, SYNTHETIC_FIELDS
 from app.config_form import form_values, overrides_from, parse_form, unflatten
 from app.errors import InputError, NotFound
-from app.models import RunCreate, RunPublic
+from app.models import MAX_ID, RunCreate, RunPublic
 from trainer import PRESET_DESCRIPTIONS, ConfigError, from_dict, preset, preset_names
 
 _FIELD_NAMES = frozenset(f.name for f in ALL_FIELDS)
@@ -50,8 +50,14 @@ def preset_values(name: str) -> dict[str, Any]:
     return form_values(preset(name).to_dict())
 
 
-def _as_int(text: str | None) -> int | None:
-    return int(text) if text and text.strip().isdigit() else None
+def parse_id(text: str | None) -> int | None:
+    """A run or dataset id typed into a form field or a URL, or None when it is not one: ASCII digits
+    only ("²".isdigit() is true and int("²") raises), and no more than the largest id a table holds."""
+    text = (text or "").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_ID)):
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_ID else None
 
 
 def _error_field(loc: list[Any]) -> str:
@@ -95,7 +101,7 @@ def queue_from_form(
     """Queue the run the form describes: (run id, {}), or (None, the form's context with every error)."""
     first = {k: (v[-1] if v else "") for k, v in form.items()}
     chosen, data_source = first.get("preset", "fixed"), first.get("data_source", "synthetic")
-    dataset_id, parent_id = _as_int(first.get("dataset_id")), _as_int(first.get("parent_id"))
+    dataset_id, parent_id = parse_id(first.get("dataset_id")), parse_id(first.get("parent_id"))
     values, problems = parse_form(form, skip=SYNTHETIC_FIELDS if data_source == "dataset" else ())
     known_preset = chosen in preset_names()
     if not known_preset:

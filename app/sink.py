@@ -11,6 +11,7 @@ the end, a flush) is written at once, with whatever batches are waiting.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import queue
@@ -19,7 +20,7 @@ import time
 from typing import Any
 
 from sqlalchemy import Engine, exists, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.batch_rows import (
     BLOCK_COLUMNS,
@@ -38,6 +39,10 @@ from trainer import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunI
 
 log = logging.getLogger(__name__)
 _STOP = object()
+# a failed write is retried after these delays (then every 5 s) while the run trains; once it has
+# ended, for GIVE_UP_AFTER seconds more before what is left is recorded as lost
+RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+GIVE_UP_AFTER = 120.0
 MAX_ROWS_PER_WRITE = 10_000  # batch rows per transaction when the writer has fallen behind
 WRITE_INTERVAL = 0.2  # seconds between batch-statistics transactions, at most 1/5 of the live latency
 
@@ -54,11 +59,20 @@ class DatabaseSink:
     """A trainer `Sink` that stores one run's records; `on_end` flushes everything and stops the writer."""
 
     def __init__(
-        self, engine: Engine, run_id: int, *, worker: str | None = None, write_interval: float = WRITE_INTERVAL
+        self,
+        engine: Engine,
+        run_id: int,
+        *,
+        worker: str | None = None,
+        write_interval: float = WRITE_INTERVAL,
+        give_up_after: float = GIVE_UP_AFTER,
     ) -> None:
         self.engine, self.run_id, self.worker = engine, run_id, worker
-        self.write_interval = write_interval
-        self.error: BaseException | None = None  # the first write that failed, if any
+        self.write_interval, self.give_up_after = write_interval, give_up_after
+        self.lost_batches = 0  # batches never stored, after every retry
+        self.lost_notes: list[str] = []
+        self.retries = 0  # writes tried again after a failure
+        self.error: BaseException | None = None  # the first error that lost records, after every retry
         self.run_missing = False  # the run was deleted while training: further records are dropped
         self._max_severity = -1
         self._rollup: Rollup | None = None
@@ -120,27 +134,99 @@ class DatabaseSink:
                 rows += _batch_rows(items[-1])
             stopping = any(item is _STOP for item in items)
             records = [item for item in items if item is not _STOP and item[0] != "flush"]
+            flushes = [item[1] for item in items if item is not _STOP and item[0] == "flush"]
             if records and not self.run_missing:
-                self._write_safely(records)
+                stopping |= self._write_with_retries(records, flushes, stopping)
                 last_write = time.monotonic()
-            for item in items:
-                if item is not _STOP and item[0] == "flush":
-                    item[1].set()
+            for done in flushes:
+                done.set()
 
-    def _write_safely(self, records: list[tuple[str, Any]]) -> None:
+    def _write_with_retries(
+        self, records: list[tuple[str, Any]], flushes: list[threading.Event], stopping: bool
+    ) -> bool:
+        """Write, or keep the records and try again with backoff: a held lock or a full disk delays data,
+        it does not drop it. What arrives meanwhile joins the retry (its flushes wait for it). What still
+        cannot be written `give_up_after` seconds after the run ended (or what the database refuses
+        outright) is counted and recorded on the run. Returns whether the sink was closed meanwhile."""
+        backlog, attempt, ended_at = records, 0, None
+        while True:
+            error = self._write_safely(backlog)
+            if error is None or self.run_missing:
+                return stopping
+            if stopping or any(kind == "end" for kind, _ in backlog):
+                ended_at = ended_at if ended_at is not None else time.monotonic()
+            late = ended_at is not None and time.monotonic() - ended_at > self.give_up_after
+            if not self._retryable(error) or late:
+                self._record_loss(backlog, error)
+                return stopping
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            attempt += 1
+            self.retries += 1
+            log.warning("run %s: write failed (%s); retry %d in %.1f s", self.run_id, error, attempt, delay)
+            time.sleep(delay)
+            while True:  # what arrived meanwhile goes out with the retry
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                elif item[0] == "flush":
+                    flushes.append(item[1])
+                else:
+                    backlog.append(item)
+
+    def _retryable(self, error: BaseException) -> bool:
+        """A lock, a full disk, a lost connection: the database may take it later. Raw DBAPI cursors
+        (executemany) raise the driver's own OperationalError, SQLAlchemy wraps the others."""
+        driver = getattr(self.engine.dialect.dbapi, "OperationalError", OperationalError)
+        return isinstance(error, OperationalError | driver)
+
+    def _write_safely(self, records: list[tuple[str, Any]]) -> BaseException | None:
+        """None when written; else the error, with the writer's in-memory state as before the attempt."""
+        saved = copy.deepcopy((self._rollup, self._rows_before, self._max_severity))
         try:
             self._write(records)
+            return None
         except IntegrityError as exc:
+            self._rollup, self._rows_before, self._max_severity = saved
             with self.engine.connect() as conn:
                 self.run_missing = not conn.execute(select(exists().where(Run.id == self.run_id))).scalar()
             if not self.run_missing:
                 self._failed(exc)
+            return exc
         except Exception as exc:  # keep draining: training must not stall because the disk is full
+            self._rollup, self._rows_before, self._max_severity = saved
             self._failed(exc)
+            return exc
 
     def _failed(self, exc: BaseException) -> None:
-        log.exception("run %s: writing statistics failed", self.run_id, exc_info=exc)
-        self.error = self.error or exc
+        log.warning("run %s: writing statistics failed: %s", self.run_id, exc)
+
+    def _record_loss(self, records: list[tuple[str, Any]], error: BaseException) -> None:
+        chunks = [payload for kind, payload in records if kind == "batches" and len(payload)]
+        batches = sum(len(c) for c in chunks)
+        parts = [f"{batches} batches (steps {int(chunks[0].steps[0])}-{int(chunks[-1].steps[-1])})"] if chunks else []
+        for kind, label in (("eval", "evaluation(s)"), ("warning", "warning(s)"), ("end", "the end of the run")):
+            count = sum(1 for k, _ in records if k == kind)
+            if count:
+                parts.append(label if kind == "end" else f"{count} {label}")
+        self.lost_batches += batches
+        self.error = self.error or error
+        note = f"{', '.join(parts) or 'records'} could not be stored ({type(error).__name__}: {str(error)[:200]})"
+        self.lost_notes.append(note)
+        log.error("run %s: %s", self.run_id, note)
+        for delay in (*RETRY_DELAYS, None):  # a short note: worth a few more tries of its own
+            try:
+                with self.engine.begin() as conn:
+                    values = {"data_lost": "; ".join(self.lost_notes)}
+                    conn.execute(update(Run).where(Run.id == self.run_id).values(**values))
+                return
+            except Exception as exc:
+                if delay is None:
+                    log.error("run %s: could not record the loss either: %s", self.run_id, exc)
+                    return
+                time.sleep(delay)
 
     def _write(self, records: list[tuple[str, Any]]) -> None:
         chunks = [payload for kind, payload in records if kind == "batches"]

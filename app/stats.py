@@ -85,12 +85,35 @@ def _read(
     if hi is not None:
         sql += f" AND first_step <= {mark}"
         params.append(hi)
+    sql += " ORDER BY first_step"
+    if limit is not None:  # only the chunks that hold them: a client-side cursor (psycopg's) buffers all it selects
+        sql += f" LIMIT {mark}"
+        params.append(_chunks_holding(conn, run_id, lo, hi, limit))
     cursor = conn.connection.cursor()
     try:
-        cursor.execute(sql + " ORDER BY first_step", params)
+        cursor.execute(sql, params)
         return decode_chunks(_fetch(cursor), names, lo, hi, limit, hist)
     finally:
         cursor.close()
+
+
+def _chunks_holding(conn: Connection, run_id: int, lo: int, hi: int | None, limit: int) -> int:
+    """How many chunks after lo, in step order, surely hold its first `limit` batches (fewer when there
+    are not that many): counted by their row counts, without the first, which may straddle lo."""
+    t = StatChunk.__table__
+    query = select(t.c.rows).where(t.c.run_id == run_id, t.c.last_step > lo)
+    if hi is not None:  # a chunk that straddles hi is the last one that counts anyway
+        query = query.where(t.c.first_step <= hi)
+    held, chunks = 0, 0
+    result = conn.execute(query.order_by(t.c.first_step))
+    try:
+        for (rows,) in result:
+            held, chunks = held + (rows if chunks else 0), chunks + 1
+            if held >= limit:
+                break
+    finally:
+        result.close()
+    return max(chunks, 1)
 
 
 def _fetch(cursor: Any, size: int = 64) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.n_annotators": (1, 1000),
     "data.biased_annotator_rate": (0.0, 1.0),
     "data.val_fraction": (0.0, 0.9),
+    "data.seed": (0, 2**32 - 1),  # as `seed`; numpy would refuse a negative one only in the worker
 }
 _EXCLUSIVE_LOW = {"max_grad_norm", "lr", "data.val_fraction"}
 _EXCLUSIVE_HIGH = {"label_smoothing", "dropout", "momentum"}
@@ -187,15 +189,35 @@ def _validate(cfg: TrainConfig) -> None:
         errors.append(("cap_entropy_at_target", f"must be true or false, got {cfg.cap_entropy_at_target!r}"))
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2**32:
         errors.append(("seed", f"must be an integer in [0, 2**32), got {cfg.seed!r}"))
-    if not isinstance(cfg.device, str) or not (
-        cfg.device in ("auto", "cpu", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())
-    ):
+    if not isinstance(cfg.device, str) or not _DEVICE.fullmatch(cfg.device):
         errors.append(("device", f'must be "auto", "cpu", "cuda" or "cuda:N", got {cfg.device!r}'))
     if cfg.data.kind == "table" and not cfg.data.path:
         errors.append(("data.path", 'is required when data.kind is "table"'))
     _check_applies(cfg, errors)
     if errors:
         raise ConfigError(errors)
+
+
+# ASCII digits only: "cuda:²" passes str.isdigit(), and torch.device() then fails in the worker
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def device_problem(device: str, cuda_devices: int | None = None) -> str | None:
+    """Why this machine cannot train on a well-formed `device`, or None when it can. `cuda_devices` is
+    torch.cuda.device_count() unless given; "auto" and "cpu" always can."""
+    if device in ("auto", "cpu"):
+        return None
+    if cuda_devices is None:
+        import torch  # here, not at the top: building and checking a config needs no torch
+
+        cuda_devices = torch.cuda.device_count()
+    if cuda_devices == 0:
+        return f'{device!r} needs CUDA and this machine has no CUDA device: use "cpu", or "auto" (CUDA when present)'
+    index = device.partition(":")[2]
+    if index and (len(index) > 9 or int(index) >= cuda_devices):  # len: int() of 5,000 digits raises
+        last = "cuda:0" if cuda_devices == 1 else f"cuda:0 to cuda:{cuda_devices - 1}"
+        return f"{device!r} does not exist: this machine has {cuda_devices} CUDA device(s), {last}"
+    return None
 
 
 def _merge(obj: Any, values: dict[str, Any], prefix: str, errors: list[tuple[str, str]]) -> dict[str, Any]:

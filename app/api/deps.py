@@ -1,4 +1,5 @@
-"""Dependencies shared by API routes and pages: a database session per request, the settings.
+"""Dependencies shared by API routes and pages: a database session per request, the settings, and
+the bounded types of id, step and offset parameters.
 
 They are `async def` on purpose: FastAPI runs a sync dependency in its thread pool, so a sync
 session dependency costs a request two extra hand-offs between the event loop and a thread (one
@@ -12,11 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from app.core.config import Settings
+from app.models import MAX_ID, MAX_STEP
 
 
 async def get_engine(request: Request) -> Engine:
@@ -44,3 +46,11 @@ async def get_settings(request: Request) -> Settings:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+# Bounded so that no value reaches a query the database cannot take (an id past 2**31 - 1 is an error
+# on PostgreSQL, an integer past 2**63 - 1 on SQLite): a 422 with the range instead of a 500.
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="a run's id")]
+DatasetId = Annotated[int, Path(ge=1, le=MAX_ID, description="a dataset's id")]
+SinceStep = Annotated[int, Query(ge=-1, le=MAX_STEP, description="only batches after this step (-1: all)")]
+# no table holds more rows than ids, so an offset past the largest id would only ever read nothing
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]

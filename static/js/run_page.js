@@ -113,6 +113,8 @@ async function start() {
       if (livePoints > meta.live_points_limit) redrawFromHistory().catch((err) => showError(`Could not reload the charts: ${err.message}`));
     },
     eval: (record) => {
+      // a stream opened by step sends the evaluations from the first: those fetched above come again
+      if (evals.some((e) => e.step === record.step)) return;
       evals.push(record);
       charts.addEvals([record]);
     },

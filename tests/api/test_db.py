@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -160,3 +161,54 @@ def test_batches_wait_for_the_write_interval_but_a_warning_goes_out_at_once(engi
     started = time.monotonic()
     sink.close()  # the end of a run writes everything without waiting for the interval
     assert time.monotonic() - started < 5 and _count_rows(engine) == 15 and sink.error is None
+
+
+def _impatient_engine(settings: Settings) -> Engine:
+    """A second engine on the same file that waits only 0.1 s for a lock: a held lock fails its writes."""
+    from sqlalchemy import create_engine
+
+    return create_engine(settings.database_url, connect_args={"check_same_thread": False, "timeout": 0.1})
+
+
+def test_a_lock_held_past_the_timeout_delays_statistics_and_loses_none(settings: Settings, engine: Engine) -> None:
+    # the probe: a lock held 40-65 s made the writer drop whole transactions (50 steps, 2 evals) while its
+    # in-memory rollup had already advanced, so charts showed blocks no raw read returned
+    run_id = add_run(engine)
+    impatient = _impatient_engine(settings)
+    blocker = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    sink = DatabaseSink(impatient, run_id)
+    for start in range(0, 5_000, 50):
+        sink.on_batches(make_chunk(start, 50))
+    time.sleep(2.0)  # twenty lock timeouts' worth
+    blocker.execute("COMMIT")
+    blocker.close()
+    sink.close()
+    assert sink.retries >= 3, "the held lock made writes fail"
+    assert sink.error is None and sink.lost_batches == 0
+    assert _stored(engine) == (5_000, 4_999)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT steps, data_lost FROM run")).one() == (5_000, None)
+        # the rollup was restored with each failed transaction: exactly the blocks of 5,000 rows
+        assert conn.execute(text("SELECT COUNT(*) FROM statblock")).scalar_one() == 312 + 19 + 1
+
+
+def test_what_cannot_be_stored_after_the_run_ends_is_recorded_on_the_run(settings: Settings, engine: Engine) -> None:
+    run_id = add_run(engine)
+    blocker = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), isolation_level=None)
+    sink = DatabaseSink(_impatient_engine(settings), run_id, give_up_after=0.3)
+    sink.on_batches(make_chunk(0, 100))
+    sink.flush()
+    blocker.execute("BEGIN IMMEDIATE")  # held until the writer has given up on what follows
+    sink.on_batches(make_chunk(100, 50))
+    closer = threading.Thread(target=sink.close)
+    closer.start()
+    time.sleep(1.5)
+    blocker.execute("COMMIT")
+    blocker.close()
+    closer.join(10)
+    assert sink.lost_batches == 50 and sink.error is not None
+    assert _stored(engine) == (100, 99)
+    with engine.connect() as conn:
+        lost = conn.execute(text("SELECT data_lost FROM run")).scalar_one()
+    assert lost.startswith("50 batches (steps 100-149) could not be stored (OperationalError")

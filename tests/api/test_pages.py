@@ -15,7 +15,7 @@ from sqlmodel import Session
 from app.config_fields import ALL_FIELDS
 from app.core.config import Settings
 from app.main import create_app
-from app.models import RunWarning
+from app.models import Run, RunWarning
 from trainer import preset, preset_names
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -284,3 +284,16 @@ def test_every_page_asset_is_served(client: TestClient) -> None:
 def test_every_template_states_its_required_context() -> None:
     for template in TEMPLATES.rglob("*.html"):
         assert template.read_text().startswith("{# Required context:"), template.name
+
+
+def test_what_the_database_never_took_is_shown_on_the_run(client: TestClient) -> None:
+    run = make_run(client, config={"epochs": 1})
+    assert page(client, f"/runs/{run['id']}").find("div", id="data-lost") is None
+    note = "50 batches (steps 100-149) could not be stored (OperationalError: database or disk is full)"
+    with Session(client.app.state.engine) as session:
+        stored = session.get(Run, run["id"])
+        stored.data_lost = note
+        session.add(stored)
+        session.commit()
+    assert note in page(client, f"/runs/{run['id']}").by_id("data-lost").text
+    assert client.get(f"/api/runs/{run['id']}").json()["data_lost"] == note

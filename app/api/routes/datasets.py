@@ -7,14 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app import crud
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import DatasetId, SessionDep, SettingsDep
 from app.budgets import Limits
+from app.errors import responses
 from app.models import Dataset, DatasetPublic
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=responses(400, 401))
 
 
-@router.post("", response_model=DatasetPublic, status_code=201)
+@router.post("", response_model=DatasetPublic, status_code=201, responses=responses(403, 413))
 def upload_dataset(
     session: SessionDep,
     settings: SettingsDep,
@@ -40,6 +41,6 @@ def list_datasets(session: SessionDep) -> list[Dataset]:
     return crud.list_datasets(session=session)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic)
-def read_dataset(session: SessionDep, dataset_id: int) -> Dataset:
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=responses(404))
+def read_dataset(session: SessionDep, dataset_id: DatasetId) -> Dataset:
     return crud.get_dataset(session=session, dataset_id=dataset_id)
