@@ -49,6 +49,7 @@ def serve(args: argparse.Namespace) -> int:
             heartbeat_seconds=settings.heartbeat_seconds,
             stale_after_seconds=settings.stale_after_seconds,
             nice=settings.worker_nice,
+            memory_mb=settings.worker_memory_limit_mb,
         )
     print(
         f"collapsewatch: http://{settings.host}:{settings.port}  database {settings.database_url}  "
@@ -74,9 +75,13 @@ def _exit_normally(*_: object) -> None:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from app.db import init_db, make_engine
-    from app.worker import WorkerPool, default_worker_name, run_worker
+    import logging
 
+    from app.db import init_db, make_engine
+    from app.worker import WorkerPool, default_worker_name, limit_worker_memory, run_worker
+
+    # the pool logs each worker's death (with its exit code) and replacement
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
     engine = make_engine(settings.database_url)
     init_db(engine)
@@ -86,13 +91,14 @@ def worker(args: argparse.Namespace) -> int:
     timing = {"heartbeat_seconds": settings.heartbeat_seconds, "stale_after_seconds": settings.stale_after_seconds}
     print(f"collapsewatch worker: {settings.workers or 1} on {settings.database_url}", flush=True)
     if (settings.workers or 1) == 1:
+        limit_worker_memory(settings.worker_memory_limit_mb)
         run_worker(engine, name=default_worker_name(), stop=stop, **timing)
         return 0
     engine.dispose()
-    pool = WorkerPool(settings.database_url, settings.workers, **timing)
+    pool = WorkerPool(settings.database_url, settings.workers, memory_mb=settings.worker_memory_limit_mb, **timing)
     pool.start()
     try:
-        while not stop.wait(1.0) and any(p.is_alive() for p in pool.processes):
+        while not stop.wait(1.0):  # until SIGINT or SIGTERM: the pool replaces workers that die
             pass
     finally:
         pool.stop()

@@ -334,5 +334,10 @@ class StatusEvent(SQLModel):
 
 
 class HealthPublic(SQLModel):
-    status: str
+    status: str  # "ok"; "degraded" while fewer of this server's worker processes are alive than configured
     database: str
+    workers_configured: int  # worker processes this server runs (0: none here; workers may run elsewhere)
+    workers_alive: int
+    worker_restarts: int  # dead worker processes this server replaced since it started
+    last_worker_exit: str | None  # the latest death: "collapsewatch-worker-0 (pid 4242) died with exit code -9 ..."
+    busy_workers: int  # workers anywhere on this database training a run whose heartbeat is recent

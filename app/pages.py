@@ -20,6 +20,7 @@ from app.config_form import config_differences, display_value, flatten, form_val
 from app.models import MAX_ID, RUN_STATUSES, RunPublic
 from app.run_form import find_run, form_context, parse_id, preset_values, queue_from_form
 from app.security import CSRF_FIELD, SESSION_COOKIE, csrf_ok, session_value
+from app.worker import PoolStatus, WorkerPool
 from trainer import preset_names
 
 router = APIRouter(include_in_schema=False)
@@ -43,7 +44,14 @@ class PageError(Exception):
 
 
 def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    context = {"workers": worker_status(request), **context}
     return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def worker_status(request: Request) -> PoolStatus | None:
+    """This server's worker processes for the header (None: it runs none; they may run elsewhere)."""
+    pool: WorkerPool | None = getattr(request.app.state, "worker_pool", None)
+    return pool.status() if pool is not None else None
 
 
 def error_page(request: Request, err: PageError) -> HTMLResponse:

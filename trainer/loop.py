@@ -20,6 +20,7 @@ from trainer.data import SoftLabelData, load_data
 from trainer.detector import CollapseDetector
 from trainer.evaluation import evaluate_predictions
 from trainer.losses import LossParts, balanced_class_weights, objective_from_config, smooth_targets
+from trainer.memory_limit import describe_out_of_memory
 from trainer.model import MLP
 from trainer.monitor import StatsRecorder
 from trainer.records import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
@@ -203,7 +204,7 @@ def train(
             sink.on_start(_run_info(cfg, run, data, device))
             status, epoch = _loop(run, should_stop)
     except Exception as exc:  # the run fails; what was measured still reaches the sink
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        status, error = "failed", describe_out_of_memory(exc) or f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
     if run is not None:
         try:

@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     max_run_memory_mb: int = Field(default=4096, ge=64)
     max_run_hours: float = Field(default=24.0, gt=0)
     max_upload_mb: int = Field(default=256, ge=1)
+    # each worker process that trains is capped at its baseline (interpreter and torch) plus this much
+    # private memory (trainer/memory_limit.py): a run whose estimate was wrong fails with that reason
+    # instead of taking the machine down. None: twice max_run_memory_mb; 0: no limit
+    worker_memory_mb: int | None = Field(default=None, ge=0)
+
+    @property
+    def worker_memory_limit_mb(self) -> int:
+        return 2 * self.max_run_memory_mb if self.worker_memory_mb is None else self.worker_memory_mb
 
 
 class UnsafeBind(ValueError):
