@@ -220,7 +220,7 @@ def shutdown_reader() -> None:
 
 class BodyLimitMiddleware:
     """Refuses a request body over `limit` bytes (413) before it is spooled to disk: by its Content-Length
-    when it has one, else by counting as it arrives."""
+    when it has one, else by counting as it arrives. A Content-Length that is not a byte count is a 400."""
 
     def __init__(self, app: ASGIApp, *, upload_mb: int) -> None:
         # a multipart body carries a little more than its file: the cap itself is checked on the file
@@ -230,10 +230,16 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await _too_large(send, self.upload_mb)
-            return
+        lengths = {v for k, v in scope.get("headers", []) if k == b"content-length"}  # ASGI: names lowercased
+        if lengths:
+            length = _content_length(lengths)
+            if length is None:
+                detail = "the Content-Length header must be one number of bytes, in ASCII digits only"
+                await _send_refusal(send, 400, detail)
+                return
+            if length > self.limit:
+                await _send_refusal(send, 413, _too_large_detail(self.upload_mb))
+                return
         seen = 0
 
         async def counted() -> Message:
@@ -247,9 +253,25 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
-async def _too_large(send: Send, upload_mb: int) -> None:
-    detail = f"the upload is larger than the server's limit of {upload_mb:,} MB (COLLAPSEWATCH_MAX_UPLOAD_MB)"
+def _content_length(values: set[bytes]) -> int | None:
+    """The body's length from its Content-Length headers, or None unless they agree on one 1*DIGIT
+    (RFC 9110): bytes.isdigit is ASCII-only, so no sign, space or other script's digits pass. Leading
+    zeros are dropped and the digits capped before int(), which refuses strings past 4,300 digits."""
+    if len(values) != 1:
+        return None
+    (raw,) = values
+    if not raw.isdigit():
+        return None
+    digits = raw.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= 30 else 10**30  # longer: far past any limit
+
+
+def _too_large_detail(upload_mb: int) -> str:
+    return f"the upload is larger than the server's limit of {upload_mb:,} MB (COLLAPSEWATCH_MAX_UPLOAD_MB)"
+
+
+async def _send_refusal(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

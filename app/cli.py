@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from app.core.config import Settings, UnsafeBind, check_bind
+
+LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s"
 
 EXIT_COMPLETED, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -35,6 +38,8 @@ def serve(args: argparse.Namespace) -> int:
     from app.main import create_app
     from app.worker import WorkerPool
 
+    # the reaper's and the pool's messages (a lost run, a dead worker) with a time and a level
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = _settings(args)
     try:
         check_bind(settings)
@@ -75,13 +80,11 @@ def _exit_normally(*_: object) -> None:
 
 
 def worker(args: argparse.Namespace) -> int:
-    import logging
-
     from app.db import init_db, make_engine
     from app.worker import WorkerPool, default_worker_name, limit_worker_memory, run_worker
 
     # the pool logs each worker's death (with its exit code) and replacement
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = _settings(args)
     engine = make_engine(settings.database_url)
     init_db(engine)

@@ -5,7 +5,6 @@ Nothing is built at import time; `uvicorn --factory app.main:create_app` or `col
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import secrets
 import uuid
@@ -16,14 +15,17 @@ from pathlib import Path
 import anyio
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import pages
 from app.api.main import api_router
+from app.assets import PLOTLY_URL, StaticCacheMiddleware, asset_url, plotly_bundle
 from app.budgets import BodyLimitMiddleware, TooLarge, shutdown_reader
 from app.core.config import Settings
 from app.db import init_db, make_engine
@@ -31,18 +33,10 @@ from app.errors import InputError, NotFound
 from app.run_feed import FeedHub
 from app.security import SecurityMiddleware, csrf_value
 from app.timing import ServerTimingMiddleware
-from app.worker import WorkerPool, reap_stale_runs
+from app.worker import WorkerPool, confirm_window, reap_stale_runs
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def plotly_js_path() -> Path:
-    """plotly.min.js from the installed plotly package (found without importing plotly)."""
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the plotly package is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
 
 
 async def _reap_periodically(app: FastAPI) -> None:
@@ -51,7 +45,11 @@ async def _reap_periodically(app: FastAPI) -> None:
     while True:
         try:
             await anyio.to_thread.run_sync(
-                lambda: reap_stale_runs(app.state.engine, stale_after_seconds=settings.stale_after_seconds)
+                lambda: reap_stale_runs(
+                    app.state.engine,
+                    stale_after_seconds=settings.stale_after_seconds,
+                    confirm_seconds=confirm_window(settings.heartbeat_seconds),
+                )
             )
         except Exception:
             log.exception("reaping stale runs failed")
@@ -102,16 +100,47 @@ def _add_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        # a JSON body a client can show, with an id to find the details in the log: never the
-        # exception's text, which can hold SQL, parameters or storage paths
-        error_id = uuid.uuid4().hex[:12]
-        log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
-        return JSONResponse(
-            {"detail": f"internal error {error_id}: the server log has the details", "error_id": error_id},
-            status_code=500,
-        )
+    # what fails outside InternalErrorMiddleware (in SecurityMiddleware itself) gets the same answer from
+    # Starlette's ServerErrorMiddleware, which then re-raises, so the server closes that connection
+    app.add_exception_handler(Exception, internal_error)
+
+
+def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # a JSON body a client can show, with an id to find the details in the log: never the
+    # exception's text, which can hold SQL, parameters or storage paths
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"detail": f"internal error {error_id}: the server log has the details", "error_id": error_id},
+        status_code=500,
+    )
+
+
+class InternalErrorMiddleware:
+    """Answers an unexpected exception with `internal_error`'s 500 and ends the request there. Starlette's
+    own ServerErrorMiddleware re-raises after answering, and uvicorn then closes the connection, so a
+    client's next request on that keep-alive connection would be reset. Pure ASGI: streams pass through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:  # part of a response is out: only closing the connection tells the client
+                raise
+            await internal_error(Request(scope), exc)(scope, receive, send)
 
 
 def _add_local_docs(app: FastAPI) -> None:
@@ -147,12 +176,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=ROOT / "templates")
     _add_error_handlers(app)
     app.add_middleware(ServerTimingMiddleware)
+    app.add_middleware(StaticCacheMiddleware)
+    # pages, JSON and scripts gzipped (a run's statistics shrink ~4x); event streams are left alone
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
     app.add_middleware(BodyLimitMiddleware, upload_mb=settings.max_upload_mb)
-    # outermost: a refused request costs nothing further
     # the CSRF secret: the token when there is one (stable across restarts), else fresh per start
     csrf_secret = settings.token or secrets.token_hex(32)
     app.state.csrf_secret = csrf_secret
     app.state.templates.env.globals["csrf_token"] = csrf_value(csrf_secret)
+    app.state.templates.env.globals["asset_url"] = asset_url
+    # inside SecurityMiddleware, so its 500 carries the security headers too
+    app.add_middleware(InternalErrorMiddleware)
+    # outermost: a refused request costs nothing further
     app.add_middleware(
         SecurityMiddleware,
         token=settings.token,
@@ -162,9 +197,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(api_router, prefix="/api")
 
-    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
-    def plotly_js() -> FileResponse:
-        return FileResponse(plotly_js_path(), media_type="text/javascript")
+    @app.get(PLOTLY_URL, include_in_schema=False)
+    def plotly_js(request: Request) -> Response:
+        return plotly_bundle().respond(request)
 
     _add_local_docs(app)
     app.include_router(pages.router)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlmodel import Session
 
 from app import crud
@@ -88,6 +89,22 @@ def _config_errors(
     return []
 
 
+def _name_errors(name: str | None) -> list[tuple[str, str]]:
+    """RunCreate's checks of the name (its length), made beside the config's so the form shows them all;
+    POST /api/runs answers the same ones as its 422."""
+    try:
+        RunCreate(name=name)
+    except ValidationError as err:
+        return [("name", _name_message(e, name or "")) for e in err.errors()]
+    return []
+
+
+def _name_message(error: Any, name: str) -> str:
+    if error["type"] == "string_too_long":
+        return f"a run's name must be at most {error['ctx']['max_length']} characters; this one has {len(name):,}"
+    return str(error["msg"])
+
+
 def _queue(session: Session, run_in: RunCreate, limits: Limits | None) -> tuple[int | None, list[tuple[str, str]]]:
     try:  # crud validates once more, exactly as POST /api/runs does (parent, dataset, config, budgets)
         return crud.create_run(session=session, run_in=run_in, limits=limits).id, []
@@ -103,6 +120,7 @@ def queue_from_form(
     chosen, data_source = first.get("preset", "fixed"), first.get("data_source", "synthetic")
     dataset_id, parent_id = parse_id(first.get("dataset_id")), parse_id(first.get("parent_id"))
     values, problems = parse_form(form, skip=SYNTHETIC_FIELDS if data_source == "dataset" else ())
+    problems += _name_errors(first.get("name") or None)
     known_preset = chosen in preset_names()
     if not known_preset:
         problems.append(("preset", f"unknown preset {chosen!r}; known presets: {', '.join(preset_names())}"))
@@ -122,7 +140,7 @@ def queue_from_form(
     errors: dict[str, list[str]] = {}
     general: list[str] = []
     for field, msg in problems:
-        if field in _FIELD_NAMES or field in ("preset", "dataset_id"):
+        if field in _FIELD_NAMES or field in ("name", "preset", "dataset_id"):
             errors.setdefault(field, []).append(msg)
         else:
             general.append(msg if field == "parent_id" else f"{field}: {msg}")

@@ -129,7 +129,7 @@ class SecurityMiddleware:
             )
         if method not in SAFE_METHODS:
             origin, site = headers.get("origin"), headers.get("sec-fetch-site")
-            if site == "cross-site" or (origin is not None and urlsplit(origin).netloc.lower() != host_header.lower()):
+            if site == "cross-site" or (origin is not None and _origin_host(origin) != host_header.lower()):
                 return 403, f"a write from another origin ({origin or site}) is refused", {}
             browser = site is not None or SESSION_COOKIE in headers.get("cookie", "")
             bearer = headers.get("authorization", "")[:7].lower() == "bearer "
@@ -180,3 +180,11 @@ async def _send_json(send: Send, status: int, detail: str, extra: dict[str, str]
     headers += _security_headers(path)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host[:port] of an Origin header; None when it is no URL at all ("http://[": a foreign origin)."""
+    try:
+        return urlsplit(origin).netloc.lower()
+    except ValueError:
+        return None

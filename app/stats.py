@@ -159,11 +159,11 @@ def _downsampled_stats(
     min_first = buckets.argmin <= buckets.argmax  # (G, K): the min occurs before the max
     first = np.where(min_first, buckets.mins, buckets.maxs)
     second = np.where(min_first, buckets.maxs, buckets.mins)
-    has_nan = (buckets.nan_any[:, None] >> np.array([_BIT[n] for n in names])) & 1  # (G, K)
-    # a bucket that held a NaN shows it at its last point (its finite extreme stays at the first)
-    second = np.where(has_nan == 1, np.nan, second)
+    has_nan = ((buckets.nan_any[:, None] >> np.array([_BIT[n] for n in names])) & 1).astype(bool)  # (G, K)
+    # both extremes stay (min and max skip NaN, so a NaN beside a spike never hides it); a bucket that
+    # held a NaN names it at its last point, and one that held nothing else is NaN at both
     values = np.stack([first, second], axis=1)[keep]  # (P, K)
-    flags = np.stack([has_nan, has_nan], axis=1)[keep]  # consulted only where a value is not finite
+    flags = np.stack([has_nan & np.isnan(first), has_nan], axis=1)[keep]
     columns, nonfinite = _columns_out(names, values, flags)
     step_list = steps.tolist()
     # the heatmap's column for a bucket: the mean predicted-class shares of its batches (both points)
@@ -226,18 +226,22 @@ def _blocks(conn: Connection, run_id: int, level: int, lo: int, hi: int | None, 
 def _columns_out(
     names: list[str], values: np.ndarray, nan_flags: np.ndarray
 ) -> tuple[dict[str, list[float | None]], dict[str, list[tuple[int, str]]]]:
-    """JSON-ready columns: non-finite values become null and are named in the second dict; a NaN
-    without its flag is a value that was never recorded (a statistic newer than the batch)."""
+    """JSON-ready columns: non-finite values become null; infinities and flagged points are named in
+    the second dict. A flag marks a recorded NaN: the value itself, or (downsampled) one the bucket held
+    beside the extremes it shows. A NaN without its flag was never recorded (a statistic newer than the
+    batch)."""
     columns: dict[str, list[float | None]] = {}
     nonfinite: dict[str, list[tuple[int, str]]] = {}
     for j, name in enumerate(names):
         col = values[:, j]
         out: list[float | None] = col.tolist()
-        for i in np.flatnonzero(~np.isfinite(col)).tolist():
-            out[i] = None
+        bad = ~np.isfinite(col)
+        for i in np.flatnonzero(bad | nan_flags[:, j]).tolist():
+            if bad[i]:
+                out[i] = None
             if np.isinf(col[i]):
                 nonfinite.setdefault(name, []).append((i, "Infinity" if col[i] > 0 else "-Infinity"))
-            elif nan_flags[i, j]:
+            if nan_flags[i, j]:
                 nonfinite.setdefault(name, []).append((i, "NaN"))
         columns[name] = out
     return columns, nonfinite

@@ -86,21 +86,42 @@ def _stale(bind: Engine | DbConnection, stale_after_seconds: float) -> ColumnEle
     return or_(Run.heartbeat_at < db_now(bind, -stale_after_seconds), Run.heartbeat_at.is_(None))
 
 
-def reap_stale_runs(engine: Engine, *, stale_after_seconds: float) -> list[int]:
-    """Mark running runs whose worker went silent as failed; returns their ids."""
-    with engine.connect() as conn:
-        stale = conn.execute(
-            select(Run.id, Run.heartbeat_at, Run.worker).where(
-                Run.status == "running", _stale(engine, stale_after_seconds)
-            )
-        ).all()
+def confirm_window(heartbeat_seconds: float) -> float:
+    """How long a reaper watches a silent run, with the database writable, before it marks it lost."""
+    return max(2.0, 3 * heartbeat_seconds)
+
+
+def _wait_writable(engine: Engine) -> float:
+    """Take and release the write lock once (an UPDATE that matches no row); returns the seconds it
+    waited. While another connection holds the lock this waits, as every heartbeat does."""
+    started = time.monotonic()
+    with engine.begin() as conn:
+        conn.execute(update(Run).where(Run.id == -1).values(worker=Run.worker))
+    return time.monotonic() - started
+
+
+def reap_stale_runs(engine: Engine, *, stale_after_seconds: float, confirm_seconds: float = 0.0) -> list[int]:
+    """Mark running runs whose worker went silent as failed; returns their ids.
+
+    A held write lock (a long transaction, a backup) silences every heartbeat at once, and once it is
+    released the heartbeats and the reaper race for it. With `confirm_seconds`, a silent run is marked
+    only if its heartbeat is still the same that long after the reaper itself could write: a worker that
+    was alive but blocked has landed its next beat by then; a dead one has not."""
+    candidates = _silent_runs(engine, stale_after_seconds)
+    if candidates and confirm_seconds > 0:
+        _wait_writable(engine)
+        time.sleep(confirm_seconds)
+        if _wait_writable(engine) > confirm_seconds:  # locked again meanwhile: look again next time
+            return []
+        candidates = [c for c in _silent_runs(engine, stale_after_seconds) if c in candidates]
     reaped = []
-    for run_id, beat, worker in stale:
+    for run_id, beat, worker in candidates:
         since = beat.isoformat(timespec="seconds") if beat else "it started"
+        same_beat = Run.heartbeat_at == beat if beat else Run.heartbeat_at.is_(None)
         with engine.begin() as conn:  # re-checked in the UPDATE: unless it beat again meanwhile
             done = conn.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status == "running", _stale(engine, stale_after_seconds))
+                .where(Run.id == run_id, Run.status == "running", same_beat, _stale(engine, stale_after_seconds))
                 .values(
                     status="failed",
                     finished_at=db_now(engine),
@@ -111,6 +132,16 @@ def reap_stale_runs(engine: Engine, *, stale_after_seconds: float) -> list[int]:
             log.warning("run %s: worker %s lost, marked failed", run_id, worker)
             reaped.append(run_id)
     return reaped
+
+
+def _silent_runs(engine: Engine, stale_after_seconds: float) -> list[tuple[int, datetime | None, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Run.id, Run.heartbeat_at, Run.worker).where(
+                Run.status == "running", _stale(engine, stale_after_seconds)
+            )
+        ).all()
+    return [(int(r[0]), r[1], r[2]) for r in rows]
 
 
 def count_busy_workers(conn: DbConnection, *, stale_after_seconds: float) -> int:
@@ -289,7 +320,9 @@ def run_worker(
     done = 0
     while not stop.is_set() and (max_runs is None or done < max_runs):
         try:
-            reap_stale_runs(engine, stale_after_seconds=stale_after_seconds)
+            reap_stale_runs(
+                engine, stale_after_seconds=stale_after_seconds, confirm_seconds=confirm_window(heartbeat_seconds)
+            )
             run_id = claim_run(engine, worker=name)
         except Exception:  # the database is briefly unavailable: wait and try again
             log.exception("worker %s: claiming failed", name)

@@ -10,7 +10,8 @@ import numpy as np
 
 from trainer import BATCH_COLUMNS, BatchChunk
 
-# (start, end) level of each column over the run; the noise is relative to the level
+# (start, end) level of each column over the run; the noise is relative to the level. Every column of
+# BATCH_COLUMNS needs one: tests/unit/test_bench_chunks.py says so when a statistic is added or renamed
 _LEVELS: dict[str, tuple[float, float]] = {
     "loss": (2.4, 0.6),
     "loss_ce": (2.1, 0.5),
@@ -22,6 +23,7 @@ _LEVELS: dict[str, tuple[float, float]] = {
     "logit_mean": (0.0, 0.1),
     "logit_std": (0.2, 2.5),
     "logit_margin": (0.1, 2.0),
+    "logit_spread_max": (0.6, 7.0),
     "entropy_mean": (2.05, 1.2),
     "entropy_min": (1.9, 0.4),
     "entropy_p10": (2.0, 0.8),
@@ -29,6 +31,9 @@ _LEVELS: dict[str, tuple[float, float]] = {
     "maxprob_mean": (0.15, 0.6),
     "onehot_frac": (0.0, 0.03),
     "target_onehot_frac": (0.05, 0.05),
+    "deploy_entropy_mean": (2.0, 1.0),
+    "deploy_maxprob_mean": (0.16, 0.65),
+    "deploy_onehot_frac": (0.0, 0.05),
     "hist_top_share": (0.2, 0.25),
     "hist_eff_classes": (7.5, 6.8),
     "output_diversity": (0.01, 0.15),
@@ -40,6 +45,7 @@ _LEVELS: dict[str, tuple[float, float]] = {
     "samples_per_s": (45_000.0, 45_000.0),
 }
 _GRAD, _CLIPPED = BATCH_COLUMNS.index("grad_norm"), BATCH_COLUMNS.index("clipped")
+_SPIKY = np.array([c.startswith(("loss", "logit_")) for c in BATCH_COLUMNS])  # what a blow-up multiplies
 
 
 def make_chunk(
@@ -60,7 +66,7 @@ def make_chunk(
     level = start + (end - start) * np.sqrt(progress)  # (N, K)
     values = level * (1 + 0.05 * rng.standard_normal(level.shape))
     spikes = rng.random(rows) < 0.002  # rare blow-ups: what the min/max downsampling must keep
-    values[spikes, :10] *= 8
+    values[np.ix_(spikes, _SPIKY)] *= 8
     values[:, _CLIPPED] = (values[:, _GRAD] > 1.0).astype(np.float64)
     nan_rows = np.flatnonzero(rng.random(rows) < nan_share)
     values[nan_rows, rng.integers(0, len(BATCH_COLUMNS), len(nan_rows))] = np.nan

@@ -14,10 +14,12 @@ export const COLORS = {
 
 const FONT = { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 13, color: "#1d2330" };
 
+// No "Share chart..." (Plotly 4 shows it by default): it would upload the run's data to a third party.
 export const PLOT_CONFIG = {
   responsive: true,
   displaylogo: false,
-  modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"],
+  showSendToCloud: false,
+  modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d", "sendChartToCloud"],
 };
 
 // Legend sits between the title and the plot area, so it never covers data.

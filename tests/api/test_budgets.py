@@ -95,3 +95,33 @@ def test_an_upload_over_the_byte_cap_is_cut_off(small: TestClient, settings: Set
     assert _stored(settings) == []
     ok = small.post("/api/datasets", files={"file": ("ok.csv", b"a,label\n" + b"0.5,1\n0.2,0\n" * 50)})
     assert ok.status_code == 201, ok.text
+
+
+@pytest.mark.parametrize(
+    "length",
+    [b"-5", b"+2", b" 2", b"2 ", b"\xd9\xa2", b"\xef\xbc\x92", b"2, 2", b"0x2", b"2.0", b""],
+    ids=["negative", "plus sign", "leading space", "trailing space", "arabic-indic digit", "fullwidth digit",
+         "a list", "hex", "decimal", "empty"],
+)  # fmt: skip
+def test_a_content_length_that_is_not_a_byte_count_is_a_400(client: TestClient, length: bytes) -> None:
+    response = client.post(
+        "/api/runs", content=b"{}", headers={b"content-type": b"application/json", b"content-length": length}
+    )
+    assert response.status_code == 400, response.text[:300]
+    assert "Content-Length" in response.json()["detail"] and "content-security-policy" in response.headers
+    assert client.get("/api/runs").json()["total"] == 0
+
+
+def test_content_lengths_that_disagree_are_a_400(client: TestClient) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"2"), (b"content-length", b"3")]
+    response = client.post("/api/runs", content=b"{}", headers=headers)
+    assert response.status_code == 400 and "Content-Length" in response.json()["detail"]
+
+
+def test_a_content_length_of_thousands_of_digits_is_refused_as_too_large(client: TestClient) -> None:
+    # int() refuses more than 4,300 digits with a ValueError: that was a 500
+    response = client.post("/api/datasets", content=b"x", headers={b"content-length": b"9" * 5000})
+    assert response.status_code == 413 and "COLLAPSEWATCH_MAX_UPLOAD_MB" in response.json()["detail"]
+    # leading zeros are still a byte count: this body is 2 bytes long and goes through
+    headers = {b"content-type": b"application/json", b"content-length": b"0" * 5000 + b"2"}
+    assert client.post("/api/runs", content=b"{}", headers=headers).status_code == 201

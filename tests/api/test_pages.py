@@ -276,7 +276,7 @@ def test_every_page_asset_is_served(client: TestClient) -> None:
         doc = page(client, url)
         urls |= {s.attrs["src"] for s in doc.find_all("script") if "src" in s.attrs}
         urls |= {link.attrs["href"] for link in doc.find_all("link", rel="stylesheet")}
-    assert any(u.endswith("/static/vendor/plotly.min.js") for u in urls)
+    assert any(u.startswith("/static/vendor/plotly.min.js?v=") for u in urls)
     for url in urls:
         assert client.get(url).status_code == 200, url
 

@@ -26,7 +26,7 @@ def guarded(settings: Settings) -> Iterator[TestClient]:
 def test_a_page_on_another_origin_cannot_write(client: TestClient) -> None:
     # the probe: a page elsewhere cancelled a running run, uploaded a dataset and created a run via the form
     for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
-                    {"Origin": "http://127.0.0.1:9999"}):  # fmt: skip
+                    {"Origin": "http://127.0.0.1:9999"}, {"Origin": "http://["}):  # fmt: skip
         for method, url, kwargs in (
             ("POST", "/api/runs", {"json": RUN}),
             ("POST", "/runs/new", {"data": {"preset": "fixed"}}),

@@ -188,3 +188,32 @@ def test_chunks_without_class_shares_read_as_nan_beside_those_with_them() -> Non
     batches = Batches(steps, steps, np.zeros((5, 1)), np.zeros((5, 1), bool), [np.zeros((2, 0)), np.ones((3, 8))])
     hist = batches.hist_array()
     assert hist.shape == (5, 8) and np.isnan(hist[:2]).all() and (hist[2:] == 1).all()
+
+
+@pytest.mark.parametrize("summaries", [True, False], ids=["from rollup blocks", "from raw rows"])
+def test_a_nan_in_a_bucket_keeps_its_spike_and_dip_and_is_still_reported(
+    client: TestClient, engine: Engine, summaries: bool
+) -> None:
+    """A bucket that held a NaN among numbers shows both of its extremes, and names the NaN at its
+    last point; a bucket of NaN only is null and named, as before."""
+    run_id = add_run(engine)
+    chunk = make_chunk(0, 64, loss=1.0)
+    loss = chunk.values[:, BATCH_COLUMNS.index("loss")]
+    loss[17], loss[18] = math.nan, 50.0  # bucket 16..31: [1, NaN, 50, 1, ...], the min comes first
+    loss[33], loss[34], loss[36] = 50.0, math.nan, -7.0  # bucket 32..47: the spike, a NaN, then a dip
+    loss[48:] = math.nan  # bucket 48..63: nothing but NaN
+    if summaries:
+        write_stats(engine, run_id, [chunk], flush_every=1)
+    else:  # a sink that joins a run with rows already stored writes no blocks: its rows are read raw
+        head, tail = make_chunk(0, 8, loss=1.0), make_chunk(8, 56)
+        tail.values[:] = chunk.values[8:]
+        write_stats(engine, run_id, [head])
+        write_stats(engine, run_id, [tail])
+    stats = client.get(f"/api/runs/{run_id}/stats", params={"max_points": 8, "columns": "loss"}).json()
+    assert stats["downsampled"] and stats["bucket_size"] == 16
+    points = dict(zip(stats["steps"], stats["columns"]["loss"], strict=True))
+    assert [points[16], points[31]] == [1.0, 50.0]
+    assert [points[32], points[47]] == [50.0, -7.0]
+    assert points[48] is None and points[63] is None
+    named = {stats["steps"][i]: kind for i, kind in stats["nonfinite"]["loss"]}
+    assert named == {31: "NaN", 47: "NaN", 48: "NaN", 63: "NaN"}

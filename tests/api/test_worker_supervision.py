@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,7 +27,15 @@ import app.worker as worker_module
 from app.core.config import Settings
 from app.db import init_db, make_engine
 from app.models import Run
-from app.worker import Heartbeat, WorkerPool, claim_run, count_busy_workers, execute_run, reap_stale_runs
+from app.worker import (
+    Heartbeat,
+    WorkerPool,
+    claim_run,
+    confirm_window,
+    count_busy_workers,
+    execute_run,
+    reap_stale_runs,
+)
 from trainer import TrainResult
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -344,3 +353,46 @@ def test_a_run_over_the_workers_memory_limit_fails_with_that_reason_and_the_work
         assert finished.status == "completed", finished.error
         assert finished.worker == failed.worker  # the same process, still alive after the failure
         assert pool.status().restarts == 0
+
+
+def test_a_lock_that_silences_every_heartbeat_does_not_get_a_live_run_reaped(
+    engine: Engine, settings: Settings
+) -> None:
+    # a 2.5 s exclusive lock against a 1 s stale limit: the heartbeats wait in SQLite's busy handler, and
+    # the reaper, which reads the silent run during the lock, must not mark it lost once it is released
+    run_id = add_run(engine, **LONG)
+    path = str(settings.database_url).removeprefix("sqlite:///")
+    with WorkerThread(engine, stale_after_seconds=60.0, heartbeat_seconds=0.2):
+        wait_until(lambda: _run(engine, run_id).steps > 0, timeout=20, what="training")
+        holder = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        holder.execute("BEGIN EXCLUSIVE")
+        release = threading.Timer(2.5, holder.rollback)
+        release.start()
+        try:
+            time.sleep(1.6)  # every heartbeat is now over the limit, as the reaper reads it
+            assert [r for r in _silent(engine, 1.0) if r == run_id] == [run_id]
+            started = time.monotonic()
+            reaped = reap_stale_runs(engine, stale_after_seconds=1.0, confirm_seconds=confirm_window(0.2))
+            assert time.monotonic() - started >= confirm_window(0.2)  # it waited for the lock, then watched
+        finally:
+            release.join()
+            holder.close()
+        assert reaped == []
+        run = _run(engine, run_id)
+        assert (run.status, run.error) == ("running", None)
+        # a run whose worker is truly gone is still reaped, after the same confirmation
+        with engine.begin() as conn:
+            conn.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
+        assert wait_until(lambda: _finished(engine, run_id), timeout=10, what="the cancel").status == "cancelled"
+    silent = add_run(engine, **TINY)
+    with engine.begin() as conn:
+        conn.execute(
+            update(Run)
+            .where(Run.id == silent)
+            .values(status="running", worker="gone:1", heartbeat_at=datetime(2000, 1, 1))
+        )
+    assert reap_stale_runs(engine, stale_after_seconds=1.0, confirm_seconds=0.3) == [silent]
+
+
+def _silent(engine: Engine, stale_after_seconds: float) -> list[int]:
+    return [run_id for run_id, _, _ in worker_module._silent_runs(engine, stale_after_seconds)]

@@ -165,6 +165,10 @@ def test_collapse_run_live_charts_advice_and_compare(page: sync_api.Page) -> Non
     )
     page.wait_for_timeout(800)  # the heatmap redraws at most twice a second
     page.screenshot(path=OUTPUT / "run_page.png", full_page=True)
+    # the mode bar offers no way to send the run's data to a third party
+    page.locator("#chart-entropy").hover()
+    assert page.locator("#chart-entropy .modebar-btn[data-title='Download plot as a PNG']").count() == 1
+    assert page.locator(".modebar-btn[data-title='Share chart...']").count() == 0
 
     # applying the advice queues a child run and opens its page
     advice.click()
