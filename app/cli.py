@@ -36,7 +36,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.worker import WorkerPool
+    from app.worker.pool import WorkerPool
 
     # the reaper's and the pool's messages (a lost run, a dead worker) with a time and a level
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -80,8 +80,9 @@ def _exit_normally(*_: object) -> None:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from app.db import init_db, make_engine
-    from app.worker import WorkerPool, default_worker_name, limit_worker_memory, run_worker
+    from app.storage.engine import init_db, make_engine
+    from app.worker.claim import default_worker_name, run_worker
+    from app.worker.pool import WorkerPool, limit_worker_memory
 
     # the pool logs each worker's death (with its exit code) and replacement
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.models import ErrorPublic, sendable
+from app.storage.models import ErrorPublic, sendable
 from trainer import ConfigError, TableError
 
 # What each status means here; app/security.py, app/budgets.py and the handlers in app/main.py send them.

@@ -23,17 +23,18 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import pages
 from app.api.main import api_router
 from app.assets import PLOTLY_URL, StaticCacheMiddleware, asset_url, plotly_bundle
 from app.budgets import BodyLimitMiddleware, TooLarge, shutdown_reader
 from app.core.config import Settings
-from app.db import init_db, make_engine
 from app.errors import InputError, NotFound
-from app.run_feed import FeedHub
+from app.pages import routes as pages
 from app.security import SecurityMiddleware, csrf_value
+from app.storage.engine import init_db, make_engine
+from app.storage.feed import FeedHub
 from app.timing import ServerTimingMiddleware
-from app.worker import WorkerPool, confirm_window, reap_stale_runs
+from app.worker.claim import confirm_window, reap_stale_runs
+from app.worker.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,9 +23,9 @@ import numpy as np
 from sqlalchemy import event
 from sqlmodel import Session
 
-from app.db import init_db, make_engine
-from app.models import Run
-from app.sink import DatabaseSink
+from app.storage.engine import init_db, make_engine
+from app.storage.models import Run
+from app.worker.sink import DatabaseSink
 from bench.chunks import make_chunks
 from bench.common import append_results, machine_line
 from trainer import BATCH_COLUMNS, BatchChunk, TrainResult

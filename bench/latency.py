@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from sqlmodel import Session
 
-import app.worker
+import app.worker.claim
 import trainer.loop
-from app import crud
-from app.db import make_engine
-from app.models import RunCreate
-from app.sink import DatabaseSink
-from app.worker import claim_run, execute_run
+from app.storage import crud
+from app.storage.engine import make_engine
+from app.storage.models import RunCreate
+from app.worker.claim import claim_run, execute_run
+from app.worker.sink import DatabaseSink
 from bench.common import append_results, machine_line
 from bench.live_server import chromium, load_average, serve
 from trainer import preset
@@ -75,7 +75,7 @@ class TimedSink(DatabaseSink):
 def instrumented(rate: float) -> Iterator[dict[int, float]]:
     """Patch the trainer's step (paced to `rate` steps/s, 0 = full speed; yields when each step
     finished) and the worker's sink class, for one run."""
-    original_step, original_sink = trainer.loop._Run.train_step, app.worker.DatabaseSink
+    original_step, original_sink = trainer.loop._Run.train_step, app.worker.claim.DatabaseSink
     finished: dict[int, float] = {}
     start: list[float] = []
 
@@ -89,12 +89,12 @@ def instrumented(rate: float) -> Iterator[dict[int, float]]:
         finished[run.step - 1] = time.time()
 
     trainer.loop._Run.train_step = train_step  # type: ignore[method-assign]
-    app.worker.DatabaseSink = TimedSink  # type: ignore[misc]
+    app.worker.claim.DatabaseSink = TimedSink  # type: ignore[misc]
     try:
         yield finished
     finally:
         trainer.loop._Run.train_step = original_step  # type: ignore[method-assign]
-        app.worker.DatabaseSink = original_sink  # type: ignore[misc]
+        app.worker.claim.DatabaseSink = original_sink  # type: ignore[misc]
 
 
 def _first_time(records: list[list[Any]], first: int, last: int, stamp: int) -> dict[int, float]:

@@ -20,9 +20,9 @@ import httpx
 import numpy as np
 from sqlmodel import Session
 
-from app.db import init_db, make_engine
-from app.models import Run
-from app.sink import DatabaseSink
+from app.storage.engine import init_db, make_engine
+from app.storage.models import Run
+from app.worker.sink import DatabaseSink
 from bench.chunks import iter_chunks
 from bench.common import append_results, machine_line
 from bench.live_server import serve
@@ -30,7 +30,7 @@ from bench.page_load import VISITS, measure_page_loads
 from trainer import EVAL_METRICS, Advice, CollapseWarning, EvalRecord, TrainResult, preset
 
 ROOT = Path(__file__).resolve().parent.parent
-STATS_POINTS = 2000  # what the run page asks for (app/pages.py STATS_POINTS)
+STATS_POINTS = 2000  # what the run page asks for (app/pages/routes.py STATS_POINTS)
 TARGETS_MS = {"stats": 150.0, "since": 10.0, "page": 1000.0}
 
 

@@ -131,9 +131,9 @@ def _database_sink_factory(tmp: Path) -> Callable[[], object]:
     """The worker's real sink: a queue and one writer thread into a SQLite file."""
     from sqlmodel import Session
 
-    from app.db import init_db, make_engine
-    from app.models import Run
-    from app.sink import DatabaseSink
+    from app.storage.engine import init_db, make_engine
+    from app.storage.models import Run
+    from app.worker.sink import DatabaseSink
 
     engine = make_engine(f"sqlite:///{tmp / 'bench.db'}")
     init_db(engine)

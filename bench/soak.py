@@ -28,8 +28,8 @@ import httpx
 import numpy as np
 
 from app.core.config import Settings
-from app.models import FINISHED_STATUSES
-from app.worker import LOST_PREFIX
+from app.storage.models import FINISHED_STATUSES
+from app.worker.claim import LOST_PREFIX
 from bench.common import append_results, machine_line
 from bench.live_server import load_average, serve
 

@@ -32,8 +32,8 @@ def measure(db: Path, run_id: int, rows: int) -> dict[str, Any]:
     from contextlib import aclosing
 
     from app.api.routes.stream import run_events
-    from app.db import make_engine
-    from app.run_feed import FeedHub
+    from app.storage.engine import make_engine
+    from app.storage.feed import FeedHub
 
     engine = make_engine(f"sqlite:///{db}")
 
@@ -86,9 +86,9 @@ def build_run(db: Path, rows: int) -> int:
     import numpy as np
     from sqlmodel import Session
 
-    from app.db import init_db, make_engine
-    from app.models import Run
-    from app.sink import DatabaseSink
+    from app.storage.engine import init_db, make_engine
+    from app.storage.models import Run
+    from app.worker.sink import DatabaseSink
     from trainer import BATCH_COLUMNS, BatchChunk
 
     engine = make_engine(f"sqlite:///{db}")

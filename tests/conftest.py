@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
 from app.core.config import Settings
-from app.db import init_db, make_engine
 from app.main import create_app
+from app.storage.engine import init_db, make_engine
 
 LOCAL = "http://127.0.0.1"  # the server answers to its loopback names only (app/security.py)
 PG_URL = os.environ.get("COLLAPSEWATCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -11,9 +11,9 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from app.models import Run
-from app.sink import DatabaseSink
-from app.worker import run_worker
+from app.storage.models import Run
+from app.worker.claim import run_worker
+from app.worker.sink import DatabaseSink
 from trainer import BATCH_COLUMNS, Advice, BatchChunk, CollapseWarning, EvalRecord, from_dict
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from app.core.config import Settings
-from app.models import MAX_ID, MAX_STEP
+from app.storage.models import MAX_ID, MAX_STEP
 
 
 async def get_engine(request: Request) -> Engine:

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=2, ge=0, le=256)
     data_dir: Path = Path("./data")
     heartbeat_seconds: float = Field(default=1.0, gt=0)
-    # a running run whose worker has been silent this long is marked failed (see app/worker.py)
+    # a running run whose worker has been silent this long is marked failed (see app/worker/claim.py)
     stale_after_seconds: float = Field(default=15.0, gt=0)
     # how often the web server itself looks for such runs
     reap_interval_seconds: float = Field(default=5.0, gt=0)

@@ -20,11 +20,11 @@ from fastapi.testclient import TestClient
 from html_dom import parse_html
 from sqlmodel import Session
 
-from app import crud
 from app.core.config import Settings
 from app.main import create_app
-from app.models import MAX_ID, MAX_STEP, RunWarning
 from app.security import CSP
+from app.storage import crud
+from app.storage.models import MAX_ID, MAX_STEP, RunWarning
 
 ID_ROUTES = [
     ("get", "/api/runs/{}"),

@@ -161,7 +161,7 @@ def test_serve_trains_with_its_workers_and_stops_them_cleanly_on_sigterm(tmp_pat
     assert server.returncode == 0, output
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)  # the worker process is gone, not orphaned
-    from app.db import make_engine
+    from app.storage.engine import make_engine
 
     with make_engine(f"sqlite:///{tmp_path / 'serve.db'}").connect() as conn:
         status, error = conn.exec_driver_sql("SELECT status, error FROM run WHERE id = ?", (run_id,)).one()

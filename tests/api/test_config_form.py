@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from app.config_fields import ALL_FIELDS, DATASET_FIELDS, FormField
-from app.config_form import overrides_from, parse_form
+from app.pages.config_fields import ALL_FIELDS, DATASET_FIELDS, FormField
+from app.pages.config_form import overrides_from, parse_form
 from trainer import ConfigError, DataSpec, TrainConfig, from_dict
 
 _RANGE = re.compile(r"^([\[(])(-?[\d.e]+), ([\d.e]+)([\])])")

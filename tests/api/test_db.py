@@ -13,11 +13,11 @@ from factories import LOCAL, add_run, make_chunk, make_warning, wait_until
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, inspect, text
 
-from app import sink as sink_module
 from app.core.config import Settings
-from app.db import init_db, make_engine
 from app.main import create_app
-from app.sink import DatabaseSink
+from app.storage.engine import init_db, make_engine
+from app.worker import sink as sink_module
+from app.worker.sink import DatabaseSink
 from trainer import BATCH_COLUMNS, preset
 
 # the first schema: no parent/dataset links, no per-run summary, a BatchStat with two statistics

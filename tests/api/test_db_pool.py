@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from app.db import make_engine
+from app.storage.engine import make_engine
 
 
 def test_more_connections_at_once_than_the_server_has_worker_threads(tmp_path: Path) -> None:

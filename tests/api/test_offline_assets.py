@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from app.assets import CARTESIAN_PATH, CARTESIAN_VERSION, plotly_bundle
-from app.models import Run
+from app.storage.models import Run
 
 
 class _Assets(HTMLParser):

@@ -24,7 +24,7 @@ from sqlmodel import Session
 
 from app.core.config import Settings
 from app.main import create_app
-from app.models import Dataset, Run
+from app.storage.models import Dataset, Run
 from trainer import TrainConfig
 
 EXAMPLES = 40  # per operation; the whole walk takes ~15 s on two cores

@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from html_dom import Element, parse_html
 from sqlmodel import Session
 
-from app.config_fields import ALL_FIELDS
 from app.core.config import Settings
 from app.main import create_app
-from app.models import Run, RunWarning
+from app.pages.config_fields import ALL_FIELDS
+from app.storage.models import Run, RunWarning
 from trainer import preset, preset_names
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"

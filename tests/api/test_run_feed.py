@@ -11,10 +11,10 @@ import pytest
 from factories import add_run, make_chunk, make_eval, make_warning
 from sqlalchemy import Engine
 
-from app import run_feed
 from app.api.routes.stream import run_events
-from app.run_feed import FeedHub
-from app.sink import DatabaseSink
+from app.storage import feed as run_feed
+from app.storage.feed import FeedHub
+from app.worker.sink import DatabaseSink
 from trainer import TrainResult
 
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from app.models import RunWarning, StatBlock, StatChunk
+from app.storage.models import RunWarning, StatBlock, StatChunk
 from trainer import BATCH_COLUMNS, preset
 
 

@@ -155,7 +155,7 @@ def test_raw_reads_cut_chunks_at_since_until_and_limit(engine: Engine) -> None:
     returns exactly the batches asked for, in order (the event stream catches up this way)."""
     from sqlmodel import Session
 
-    from app import crud
+    from app.storage import crud
 
     run_id = add_run(engine)
     chunks = [make_chunk(start, 500) for start in range(0, 3000, 500)]
@@ -182,7 +182,7 @@ def test_raw_reads_cut_chunks_at_since_until_and_limit(engine: Engine) -> None:
 def test_chunks_without_class_shares_read_as_nan_beside_those_with_them() -> None:
     """A database converted from the oldest schema can hold chunks whose histograms were never
     recorded: read beside complete ones they are NaN of the same width, not an error."""
-    from app.batch_rows import Batches
+    from app.storage.chunks import Batches
 
     steps = np.arange(5)
     batches = Batches(steps, steps, np.zeros((5, 1)), np.zeros((5, 1), bool), [np.zeros((2, 0)), np.ones((3, 8))])

@@ -14,10 +14,10 @@ from factories import add_run, make_chunk, make_eval, make_warning, write_stats
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from app import run_feed
 from app.api.routes.stream import run_events
-from app.run_feed import Cursor, FeedHub
-from app.sink import DatabaseSink
+from app.storage import feed as run_feed
+from app.storage.feed import Cursor, FeedHub
+from app.worker.sink import DatabaseSink
 from trainer import TrainResult
 
 T = TypeVar("T")
@@ -257,7 +257,8 @@ def test_a_page_read_selects_only_the_chunks_holding_it_and_never_cuts_rows(engi
     otherwise buffer the rest of the run for every page); chunks of mixed sizes never lose a row to it."""
     from sqlmodel import Session
 
-    from app import crud, stats
+    from app.storage import crud
+    from app.storage import reads as stats
 
     run_id = add_run(engine)
     sizes = [100, 7, 1, 300, 100, 1024, 2, 50] * 2

@@ -15,9 +15,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from app.core.config import Settings
-from app.db import init_db, make_engine
-from app.models import Run
-from app.worker import claim_run, reap_stale_runs, worker_process_main
+from app.storage.engine import init_db, make_engine
+from app.storage.models import Run
+from app.worker.claim import claim_run, reap_stale_runs
+from app.worker.pool import worker_process_main
 
 
 def _claim_together(engines: list[Engine]) -> list[int | None]:

@@ -23,19 +23,12 @@ from html_dom import parse_html
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session
 
-import app.worker as worker_module
+import app.worker.claim as worker_module
 from app.core.config import Settings
-from app.db import init_db, make_engine
-from app.models import Run
-from app.worker import (
-    Heartbeat,
-    WorkerPool,
-    claim_run,
-    confirm_window,
-    count_busy_workers,
-    execute_run,
-    reap_stale_runs,
-)
+from app.storage.engine import init_db, make_engine
+from app.storage.models import Run
+from app.worker.claim import Heartbeat, claim_run, confirm_window, count_busy_workers, execute_run, reap_stale_runs
+from app.worker.pool import WorkerPool
 from trainer import TrainResult
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from app import crud
 from app.api.deps import DatasetId, SessionDep, SettingsDep
 from app.budgets import Limits
 from app.errors import responses
-from app.models import Dataset, DatasetPublic
+from app.storage import crud
+from app.storage.models import Dataset, DatasetPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=responses(400, 401))
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.deps import SessionDep, SettingsDep
-from app.models import HealthPublic
-from app.worker import PoolStatus, WorkerPool, count_busy_workers
+from app.storage.models import HealthPublic
+from app.worker.claim import count_busy_workers
+from app.worker.pool import PoolStatus, WorkerPool
 
 router = APIRouter(tags=["health"])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app import crud
-from app.models import PresetPublic
+from app.storage import crud
+from app.storage.models import PresetPublic
 
 router = APIRouter(prefix="/presets", tags=["presets"])
 

@@ -6,11 +6,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app import crud
 from app.api.deps import Offset, RunId, SessionDep, SettingsDep, SinceStep
 from app.budgets import Limits
 from app.errors import InputError, responses
-from app.models import ApplyAdvice, EvalPublic, RunCreate, RunPublic, RunsPage, StatsPublic, WarningPublic
+from app.storage import crud
+from app.storage.models import ApplyAdvice, EvalPublic, RunCreate, RunPublic, RunsPage, StatsPublic, WarningPublic
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=responses(400, 401))
 

@@ -1,6 +1,6 @@
 """GET /api/runs/{id}/events: what is new about a run, as server-sent events, until it finishes.
 
-Every stream of a run shares one database poll (app/run_feed.py), done in a worker thread every
+Every stream of a run shares one database poll (app/storage/feed.py), done in a worker thread every
 ~0.1 s, never on the event loop; a stream stops when its client leaves or after the final status.
 """
 
@@ -16,11 +16,11 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlmodel import Session
 
-from app import crud
 from app.api.deps import EngineDep
 from app.errors import InputError, responses
-from app.models import FINISHED_STATUSES, MAX_STEP
-from app.run_feed import ID_FORMAT, MAX_QUEUED, MAX_QUEUED_ROWS, MAX_ROWS_PER_EVENT, Batch, Cursor, FeedHub
+from app.storage import crud
+from app.storage.feed import ID_FORMAT, MAX_QUEUED, MAX_QUEUED_ROWS, MAX_ROWS_PER_EVENT, Batch, Cursor, FeedHub
+from app.storage.models import FINISHED_STATUSES, MAX_STEP
 
 router = APIRouter(prefix="/runs", tags=["stream"])
 

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app.batch_rows import (
+from app.storage.chunks import (
     BLOCK_COLUMNS,
     CHUNK_COLUMNS,
     chunk_rows,
@@ -32,9 +32,9 @@ from app.batch_rows import (
     merge_chunks,
     nan_masks,
 )
-from app.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
-from app.rollup import Rollup, Segments, encode_hists, encode_stats
-from app.values import finite_or_none, to_json_safe
+from app.storage.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
+from app.storage.rollups import Rollup, Segments, encode_hists, encode_stats
+from app.storage.values import finite_or_none, to_json_safe
 from trainer import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class DatabaseSink:
             return
         if self._rollup is None and self._rows_before is None:
             self._rows_before = int(conn.execute(select(Run.steps).where(Run.id == self.run_id)).scalar() or 0)
-            # blocks must cover a prefix of the run's rows (app/stats.py relies on it): a sink that
+            # blocks must cover a prefix of the run's rows (app/storage/reads.py relies on it): a sink that
             # joins a run with rows already written leaves its rows to be read raw
             width = chunks[0].class_hist.shape[1]
             self._rollup = Rollup(len(BATCH_COLUMNS), width) if self._rows_before == 0 else None

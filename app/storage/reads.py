@@ -1,8 +1,8 @@
 """Reading batch statistics for charts: increments since a step, and downsampling that keeps spikes.
 
-Downsampling merges the sink's min/max blocks (app/rollup.py) with the few raw batches around them,
+Downsampling merges the sink's min/max blocks (app/storage/rollups.py) with the few raw batches around them,
 so a million-batch run costs a few thousand small rows, never a million Python objects. Raw batches
-come from `StatChunk` rows, decoded with numpy (app/batch_rows.py).
+come from `StatChunk` rows, decoded with numpy (app/storage/chunks.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 from sqlalchemy import Connection, func, select
 from sqlmodel import Session
 
-from app.batch_rows import Batches, decode_chunks
 from app.errors import InputError
-from app.models import StatBlock, StatChunk, StatsPublic
-from app.rollup import LEVELS, Segments, combine, decode_hists, decode_stats, from_rows, level_rows
+from app.storage.chunks import Batches, decode_chunks
+from app.storage.models import StatBlock, StatChunk, StatsPublic
+from app.storage.rollups import LEVELS, Segments, combine, decode_hists, decode_stats, from_rows, level_rows
 from trainer import BATCH_COLUMNS
 
 _BIT = {name: i for i, name in enumerate(BATCH_COLUMNS)}

@@ -13,14 +13,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from app import crud
 from app.api.deps import SessionDep
 from app.budgets import Limits
-from app.config_form import config_differences, display_value, flatten, form_values
-from app.models import MAX_ID, RUN_STATUSES, RunPublic
-from app.run_form import find_run, form_context, parse_id, preset_values, queue_from_form
+from app.pages.config_form import config_differences, display_value, flatten, form_values
+from app.pages.run_form import find_run, form_context, parse_id, preset_values, queue_from_form
 from app.security import CSRF_FIELD, SESSION_COOKIE, csrf_ok, session_value
-from app.worker import PoolStatus, WorkerPool
+from app.storage import crud
+from app.storage.models import MAX_ID, RUN_STATUSES, RunPublic
+from app.worker.pool import PoolStatus, WorkerPool
 from trainer import preset_names
 
 router = APIRouter(include_in_schema=False)

@@ -20,8 +20,8 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, SQLModel, col
 from starlette.concurrency import run_in_threadpool
 
-from app import crud
-from app.models import (
+from app.storage import crud
+from app.storage.models import (
     FINISHED_STATUSES,
     MAX_ID,
     MAX_STEP,
@@ -149,7 +149,7 @@ class Page(NamedTuple):
 
 @dataclass
 class _RunRef:
-    """The columns of a run that reading its statistics needs (see app.stats.RunRef)."""
+    """The columns of a run that reading its statistics needs (see app.storage.reads.RunRef)."""
 
     id: int
     status: str

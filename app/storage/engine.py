@@ -85,7 +85,7 @@ def _column_ddl(engine: Engine, column: Column[Any]) -> str:
 
 def init_db(engine: Engine) -> list[str]:
     """Create or upgrade the schema; returns the `table.column` names that were added."""
-    from app import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+    from app.storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
     SQLModel.metadata.create_all(engine)
     _convert_batchstat(engine)
@@ -111,7 +111,7 @@ def _convert_batchstat(engine: Engine) -> None:
     """Databases written before statistics were stored in chunks have a `batchstat` table, one row
     per batch (NULL plus a bit of `nan_mask` for NaN): its rows become StatChunk rows, run by run,
     in one transaction, and the table is dropped."""
-    from app.batch_rows import CHUNK_COLUMNS, CHUNK_ROWS, chunk_rows, executemany, insert_sql
+    from app.storage.chunks import CHUNK_COLUMNS, CHUNK_ROWS, chunk_rows, executemany, insert_sql
     from trainer import BATCH_COLUMNS, BatchChunk
 
     if not inspect(engine).has_table("batchstat"):

@@ -1,6 +1,6 @@
 """Reading the new-run form into config values, and comparing configs field by field.
 
-The fields themselves (meaning, allowed range) live in app/config_fields.py.
+The fields themselves (meaning, allowed range) live in app/pages/config_fields.py.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from app.config_fields import ALL_FIELDS, FormField
+from app.pages.config_fields import ALL_FIELDS, FormField
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -78,7 +78,7 @@ class Run(RunBase, table=True):
     worker: str | None = None
     cancel_requested: bool = False
     error: str | None = Field(default=None, sa_type=Text)
-    # what the sink could not store after retrying (app/sink.py), e.g. "50 batches (steps 400-449) ..."
+    # what the sink could not store after retrying (app/worker/sink.py), e.g. "50 batches (steps 400-449) ..."
     data_lost: str | None = Field(default=None, sa_type=Text)
     duration_s: float | None = None
     # kept up to date by the sink once per flushed chunk, so list views never touch StatChunk
@@ -112,7 +112,7 @@ class StatChunk(SQLModel, table=True):
 
 class StatBlock(SQLModel, table=True):
     """Min/max summary of 16, 256 or 4096 consecutive batches (level 0, 1, 2), written by the
-    sink so that a chart of a million batches reads thousands of rows instead (see app/rollup.py)."""
+    sink so that a chart of a million batches reads thousands of rows instead (see app/storage/rollups.py)."""
 
     run_id: int = Field(foreign_key="run.id", primary_key=True, ondelete="CASCADE")
     level: int = Field(primary_key=True)

@@ -17,7 +17,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from app.budgets import Limits, check_run, check_table_size, copy_capped, summarise_table
 from app.errors import InputError, NotFound, config_error_items, table_error_items
-from app.models import (
+from app.storage.models import (
     MAX_ID,
     SUMMARY_COLUMNS,
     Dataset,
@@ -35,8 +35,8 @@ from app.models import (
     WarningPublic,
     utcnow,
 )
-from app.stats import get_stats
-from app.values import finite_or_none, split_nonfinite
+from app.storage.reads import get_stats
+from app.storage.values import finite_or_none, split_nonfinite
 from trainer import (
     BATCH_COLUMNS,
     PRESET_DESCRIPTIONS,

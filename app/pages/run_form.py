@@ -11,12 +11,12 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from app import crud
 from app.budgets import Limits
-from app.config_fields import ALL_FIELDS, FIELD_GROUPS, SYNTHETIC_FIELDS
-from app.config_form import form_values, overrides_from, parse_form, unflatten
 from app.errors import InputError, NotFound
-from app.models import MAX_ID, RunCreate, RunPublic
+from app.pages.config_fields import ALL_FIELDS, FIELD_GROUPS, SYNTHETIC_FIELDS
+from app.pages.config_form import form_values, overrides_from, parse_form, unflatten
+from app.storage import crud
+from app.storage.models import MAX_ID, RunCreate, RunPublic
 from trainer import PRESET_DESCRIPTIONS, ConfigError, from_dict, preset, preset_names
 
 _FIELD_NAMES = frozenset(f.name for f in ALL_FIELDS)

@@ -1,0 +1,1 @@
+"""HTML pages: the routes, the new-run form and its fields."""
