@@ -17,6 +17,7 @@ from app.api.deps import SessionDep
 from app.budgets import Limits
 from app.pages.config_form import config_differences, display_value, flatten, form_values
 from app.pages.run_form import find_run, form_context, parse_id, preset_values, queue_from_form
+from app.pages.waiting import waiting_state
 from app.security import CSRF_FIELD, SESSION_COOKIE, csrf_ok, session_value
 from app.storage import crud
 from app.storage.models import MAX_ID, RUN_STATUSES, RunPublic
@@ -174,6 +175,7 @@ def run_page(request: Request, session: SessionDep, run_id: str) -> Response:
     diff = config_differences([parent.config, run.config]) if parent else []
     context = {
         "run": run,
+        "waiting": waiting_state(session, run, worker_status(request)),
         "warnings": crud.list_warnings(session=session, run_id=run.id),
         "config_rows": [(k, _table_value(v)) for k, v in flatten(run.config).items()],
         "parent": parent,
@@ -186,7 +188,10 @@ def run_page(request: Request, session: SessionDep, run_id: str) -> Response:
 @router.get("/runs/{run_id}/header", name="pages:run_header", response_class=HTMLResponse)
 def run_header(request: Request, session: SessionDep, run_id: str) -> Response:
     try:
-        return render(request, "runs/_header.html", {"run": load_run(session, run_id)})
+        run = load_run(session, run_id)
+        return render(
+            request, "runs/_header.html", {"run": run, "waiting": waiting_state(session, run, worker_status(request))}
+        )
     except PageError as err:
         return error_page(request, err)
 
