@@ -43,7 +43,7 @@ test: install browser-deps
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check app trainer tests bench
+	$(VENV)/bin/ruff check app trainer tests bench collapsewatch
 
 bench: install
 	$(PY) -m pip install -e ".[bench]"

@@ -8,6 +8,7 @@ gigabytes is refused without inflating it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import threading
@@ -154,12 +155,22 @@ def _cap_address_space(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _summarise(path: str, label_column: str | None) -> tuple[Any, ...]:
+def describe_table(path: str | Path, label_column: str | None) -> dict[str, Any]:
+    """The table's summary (trainer.read_table_summary: columns, shape, target entropy and class shares)
+    plus the sha256 of its bytes, so a run can say exactly which file it trained on."""
     from trainer.data import read_table_summary
+
+    summary = read_table_summary(path, label_column=label_column)
+    with Path(path).open("rb") as fh:
+        summary["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return summary
+
+
+def _summarise(path: str, label_column: str | None) -> tuple[Any, ...]:
     from trainer.table_checks import TableError
 
     try:
-        return ("ok", read_table_summary(path, label_column=label_column))
+        return ("ok", describe_table(path, label_column))
     except TableError as exc:  # sent as its parts: the exception itself does not survive pickling
         return ("table", exc.issues, exc.more)
     except MemoryError:

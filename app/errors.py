@@ -14,12 +14,17 @@ _RESPONSES: dict[int, str] = {
     401: "the server has a token and the request did not send it (Authorization: Bearer <token>)",
     403: "a write from another origin, or from a page without its CSRF token (X-CSRF-Token)",
     404: "no such run, dataset or warning; the message names the id",
+    409: "the records conflict with what the run holds (steps already stored), or the run takes none (finished)",
     413: "the request body is larger than the server's upload limit (COLLAPSEWATCH_MAX_UPLOAD_MB)",
 }
 
 
 class NotFound(LookupError):
     """`str(exc)` is the whole message, e.g. "Run 17 not found"."""
+
+
+class Conflict(RuntimeError):
+    """`str(exc)` is the whole message, e.g. "steps 100-149 overlap the 200 steps stored for run 3 ..." (409)."""
 
 
 class InputError(ValueError):

@@ -27,7 +27,7 @@ from app.api.main import api_router
 from app.assets import PLOTLY_URL, StaticCacheMiddleware, asset_url, plotly_bundle
 from app.budgets import BodyLimitMiddleware, TooLarge, shutdown_reader
 from app.core.config import Settings
-from app.errors import InputError, NotFound
+from app.errors import Conflict, InputError, NotFound
 from app.pages import routes as pages
 from app.security import SecurityMiddleware, csrf_value
 from app.storage.engine import init_db, make_engine
@@ -80,6 +80,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def conflict(_request: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(TooLarge)
     async def too_large(_request: Request, exc: TooLarge) -> JSONResponse:

@@ -1,6 +1,6 @@
 """Time until a run page is interactive in a real Chromium, read from the DOM every animation frame, so
 it needs nothing from the page's JS: navigation start until the charts on the first screen show their
-first data (a frame was rendered, so the page was free to respond), and until all eight do (without
+first data (a frame was rendered, so the page was free to respond), and until all of them do (without
 scrolling: the page draws the others when idle); and the longest main-thread task in between.
 """
 
@@ -16,16 +16,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 VISITS = ("first visit", "second visit", "third visit")
 
 # Does a chart show data? A data line is a `.scatterlayer path.js-line` with a real path (legend
-# swatches live elsewhere); the class heatmap draws an <image> once it has data.
-HAS_DATA = """(el) => el.id === "chart-classes"
-  ? (el.querySelector(".hm image")?.getAttribute("href") || "").length > 0
-  : [...el.querySelectorAll(".scatterlayer path.js-line")].some((p) => (p.getAttribute("d") || "").length > 20)"""
+# swatches live elsewhere); a heatmap draws an <image> once it has data, a bar chart its bars.
+HAS_DATA = """(el) => (el.querySelector(".hm image")?.getAttribute("href") || "").length > 0
+  || [...el.querySelectorAll(".scatterlayer path.js-line")].some((p) => (p.getAttribute("d") || "").length > 20)
+  || el.querySelectorAll(".barlayer .point path").length > 0"""
 CHARTS = "[...document.querySelectorAll('.chart-grid .chart')]"
 
 # ms since navigation start at the first frame where every chart shows data; false before
 CHARTS_DRAWN = f"""() => {{
   const charts = {CHARTS};
-  return charts.length === 8 && charts.every({HAS_DATA}) ? performance.now() : false;
+  return charts.length > 0 && charts.every({HAS_DATA}) ? performance.now() : false;
 }}"""
 
 # the same for the charts the first screen shows (any part of them in the viewport): [ms, how many]
@@ -66,7 +66,7 @@ BREAKDOWN = """() => {
 
 
 def _visit(page: Page, url: str, timeout_ms: float = 60_000) -> dict[str, float]:
-    """One page load: ms until the first screen's charts and all eight show data, the longest task
+    """One page load: ms until the first screen's charts and all of them show data, the longest task
     running in between (0 when none reached 50 ms), and how many charts the first screen shows."""
     page.goto(url, wait_until="commit")
     first, shown = page.wait_for_function(FIRST_SCREEN_DRAWN, polling="raf", timeout=timeout_ms).json_value()

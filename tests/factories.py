@@ -164,3 +164,64 @@ def health_without_workers(database: str) -> dict[str, Any]:
         "last_worker_exit": None,
         "busy_workers": 0,
     }
+
+
+# --- a user's own loop (the client library): a tiny CNN on scikit-learn's digits ----------------------------
+DIGITS_BATCH = 64
+
+
+def digits_soft_targets(device: str = "cpu") -> tuple[Any, Any]:
+    """scikit-learn's 1,797 8x8 digits as (N, 1, 8, 8) images and soft targets: half the one-hot label,
+    half the label shares of the image's 10 nearest neighbours (kNN smoothing)."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    onehot = np.eye(10, dtype=np.float32)[digits.target]
+    flat = x.reshape(len(x), -1)
+    sq = (flat * flat).sum(1)
+    neighbours = np.argsort(sq[:, None] + sq[None] - 2 * flat @ flat.T, axis=1)[:, :10]
+    targets = 0.5 * onehot + 0.5 * onehot[neighbours].mean(1)
+    return torch.from_numpy(x).to(device), torch.from_numpy(targets).to(device)
+
+
+def tiny_cnn() -> Any:
+    """Two convolutions and a linear head, 2.9k parameters."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10),
+    )  # fmt: skip
+
+
+def train_digits(run: Any, *, lr: float, epochs: int = 2, device: str = "cpu", seed: int = 0) -> int:
+    """A plain PyTorch loop (Adam, soft cross-entropy) that logs every batch to `run`; returns how many it
+    logged. CollapseDetected propagates out of it, as from a user's loop."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    x, t = digits_soft_targets(device)
+    model = tiny_cnn().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(seed)
+    logged = 0
+    for epoch in range(epochs):
+        for idx in torch.randperm(len(x), generator=order).split(DIGITS_BATCH):
+            idx = idx.to(device)
+            logits = model(x[idx])
+            loss = -(t[idx] * F.log_softmax(logits, -1)).sum(-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+            optimizer.step()
+            run.log_batch(logits, t[idx], loss=loss, grad_norm=grad_norm, lr=lr, epoch=epoch)
+            logged += 1
+    with torch.no_grad():
+        run.log_eval(model(x[:500]), t[:500])
+    return logged
+
+
+DIGITS_STEPS_PER_EPOCH = -(-1797 // DIGITS_BATCH)  # 29

@@ -3,6 +3,7 @@ collapse statistics, evaluation and a collapse detector. No web or database code
 
 from trainer.advice import advise
 from trainer.config import (
+    DATA_FIELDS_OF_KIND,
     PRESET_DESCRIPTIONS,
     ConfigError,
     DataSpec,
@@ -30,6 +31,7 @@ from trainer.sinks import JsonlSink, ListSink, NullSink, Sink
 
 __all__ = [
     "BATCH_COLUMNS",
+    "DATA_FIELDS_OF_KIND",
     "EVAL_METRICS",
     "PRESET_DESCRIPTIONS",
     "Advice",

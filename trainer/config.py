@@ -29,7 +29,7 @@ class DataSpec:
     """Where the data comes from: the built-in soft-label generator or a user table."""
 
     kind: str = "synthetic"  # "synthetic" | "table"
-    # synthetic generator
+    # synthetic generator (num_classes and seed apply to a table too: its class count, its split's seed)
     n_samples: int = 2000
     n_features: int = 16
     num_classes: int = 8
@@ -44,6 +44,21 @@ class DataSpec:
     label_column: str | None = None
     # shared
     val_fraction: float = 0.2
+
+
+# The DataSpec fields that only one kind of data reads; kind, num_classes, seed and val_fraction apply to both.
+DATA_FIELDS_OF_KIND: dict[str, tuple[str, ...]] = {
+    "synthetic": (
+        "n_samples",
+        "n_features",
+        "imbalance",
+        "cluster_std",
+        "class_separation",
+        "n_annotators",
+        "biased_annotator_rate",
+    ),
+    "table": ("path", "label_column"),
+}
 
 
 @dataclass

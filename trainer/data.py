@@ -193,8 +193,14 @@ def load_table(
 
 
 def read_table_summary(path: str | Path, label_column: str | None = None) -> dict[str, Any]:
-    """Validate a table like `load_table` and describe it: format, rows, features, classes, target kind."""
-    return read_table(path, label_column=label_column).summary()
+    """Validate a table like `load_table` and describe it: format, rows, features, classes, target kind,
+    which columns became features and which targets, and the targets' mean entropy (nats) and class shares."""
+    parsed = read_table(path, label_column=label_column)
+    profile = profile_targets(parsed.targets, 0, parsed.features.shape[1])  # the detector's own definitions
+    return parsed.summary() | {
+        "target_entropy": profile.target_entropy_mean,
+        "class_shares": profile.target_mass_share,
+    }
 
 
 def load_data(spec: DataSpec) -> SoftLabelData:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import losses
+from trainer.host_copies import HostCopies
 from trainer.records import BATCH_COLUMNS, BatchChunk
 
 ONE_HOT_THRESHOLD = 0.99
@@ -160,6 +160,48 @@ def split_stats(rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tens
     return {name: rows[:, j] for j, name in enumerate(DEVICE_COLUMNS)}, rows[:, k:]
 
 
+def as_distributions(targets: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """Targets as distributions (..., C): soft targets as they are (in `dtype`), class indices one-hot.
+    By scatter, not F.one_hot, which reads the largest index back to the host."""
+    if targets.dtype.is_floating_point:
+        return targets.to(dtype)
+    out = torch.zeros(*targets.shape, num_classes, dtype=dtype, device=targets.device)
+    return out.scatter_(-1, targets.long().unsqueeze(-1), 1.0)
+
+
+def rows_from_logits(
+    logits: torch.Tensor,
+    raw_targets: torch.Tensor,
+    step_values: torch.Tensor,
+    *,
+    temperature: float,
+    label_smoothing: float,
+    max_grad_norm: float | None,
+    deploy_temperature: float = 1.0,
+) -> torch.Tensor:
+    """chunk_stats from logits (n, B, C) and raw targets alone, computing what the loss would have held:
+    targets (n, B, C) distributions or (n, B) class indices; step_values (n, 6) as STEP_COLUMNS with the
+    head norm itself. A NaN loss_ce is filled with the plain soft CE of the batch against the smoothed
+    targets (what a loop that logs only its logits gets)."""
+    log_p = F.log_softmax(logits / temperature, dim=-1)
+    p = log_p.exp()
+    t = losses.smooth_targets(as_distributions(raw_targets, logits.shape[-1], p.dtype), label_smoothing)
+    values = step_values.to(p.dtype).clone()
+    values[:, 5] = values[:, 5].square()
+    ce = -(t * log_p).sum(-1).mean(-1)  # (n,): losses.soft_cross_entropy, unweighted, batch by batch
+    values[:, 1] = torch.where(values[:, 1].isnan(), ce, values[:, 1])
+    return chunk_stats(
+        logits,
+        p,
+        losses.entropy(log_p),
+        t,
+        losses.target_entropy(t),
+        values,
+        max_grad_norm=max_grad_norm,
+        deploy_temperature=deploy_scale(temperature, deploy_temperature),
+    )
+
+
 def stats_from_logits(
     logits: torch.Tensor,
     raw_targets: torch.Tensor,
@@ -170,30 +212,23 @@ def stats_from_logits(
     max_grad_norm: float | None,
     deploy_temperature: float = 1.0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """chunk_stats from logits and raw targets alone (n, B, C), computing what the loss would have
-    held; step_values (n, 6) as STEP_COLUMNS with the head norm itself. For tests and one-off use."""
-    log_p = F.log_softmax(logits / temperature, dim=-1)
-    p = log_p.exp()
-    t = losses.smooth_targets(raw_targets, label_smoothing)
-    values = step_values.to(p.dtype).clone()
-    values[:, 5] = values[:, 5].square()
-    rows = chunk_stats(
+    """`rows_from_logits` split by column: ({column: (n,)}, class histogram (n, C)). For tests and one-off use."""
+    rows = rows_from_logits(
         logits,
-        p,
-        losses.entropy(log_p),
-        t,
-        losses.target_entropy(t),
-        values,
+        raw_targets,
+        step_values,
+        temperature=temperature,
+        label_smoothing=label_smoothing,
         max_grad_norm=max_grad_norm,
-        deploy_temperature=deploy_scale(temperature, deploy_temperature),
+        deploy_temperature=deploy_temperature,
     )
     return split_stats(rows)
 
 
 @dataclass
-class _Pending:
-    host: torch.Tensor  # (n, K + C) on the host, filled asynchronously on CUDA
-    event: torch.cuda.Event | None
+class ChunkMeta:
+    """What a chunk's rows carry besides the statistics: its steps, epochs, learning rates, throughput."""
+
     steps: list[int]
     epochs: list[int]
     lrs: list[float]
@@ -232,7 +267,7 @@ class StatsRecorder:
         self._lrs: list[float] = []
         self._trained = 0  # samples trained since the last flush, recorded batches or not
         self._since = time.perf_counter()
-        self._pending: deque[_Pending] = deque()
+        self._copies: HostCopies[ChunkMeta] = HostCopies()
 
     @property
     def full(self) -> bool:
@@ -276,41 +311,28 @@ class StatsRecorder:
                 deploy_temperature=self._deploy,
             )  # (n, K + C)
         self._tensors, self._scalars = [], []
-        event = None
-        if self.device.type == "cuda":
-            host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
-            host.copy_(rows, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        else:
-            host = rows
         samples = self._trained or n * self._batch  # a caller that never counts: the recorded batches
-        self._pending.append(_Pending(host, event, self._steps, self._epochs, self._lrs, samples, now - self._since))
+        self._copies.push((rows,), ChunkMeta(self._steps, self._epochs, self._lrs, samples, now - self._since))
         self._steps, self._epochs, self._lrs, self._since, self._trained = [], [], [], now, 0
 
     def ready(self, wait: bool = False) -> list[BatchChunk]:
         """Chunks whose copy has landed; with `wait`, all of them (a sync point, used at the end)."""
-        out = []
-        while self._pending and (wait or self._pending[0].event is None or self._pending[0].event.query()):
-            p = self._pending.popleft()
-            if p.event is not None:
-                p.event.synchronize()  # already complete unless `wait`
-            out.append(self._to_chunk(p))
-        return out
+        return [chunk_from_rows(rows, meta) for (rows,), meta in self._copies.ready(wait)]
 
-    def _to_chunk(self, p: _Pending) -> BatchChunk:
-        data = p.host.numpy()
-        k = len(DEVICE_COLUMNS)
-        values = np.empty((len(p.steps), len(BATCH_COLUMNS)))
-        values[:, _DEVICE_INDEX] = data[:, :k]
-        values[:, _LR] = p.lrs
-        values[:, _SAMPLES_PER_S] = p.samples / p.seconds if p.seconds > 0 else np.nan
-        return BatchChunk(
-            steps=np.asarray(p.steps, dtype=np.int64),
-            epochs=np.asarray(p.epochs, dtype=np.int64),
-            values=values,
-            class_hist=data[:, k:].copy(),
-        )
+
+def chunk_from_rows(data: np.ndarray, meta: ChunkMeta) -> BatchChunk:
+    """A chunk_stats output read back, (n, K + C), with its steps, epochs, learning rates and throughput."""
+    k = len(DEVICE_COLUMNS)
+    values = np.empty((len(meta.steps), len(BATCH_COLUMNS)))
+    values[:, _DEVICE_INDEX] = data[:, :k]
+    values[:, _LR] = meta.lrs
+    values[:, _SAMPLES_PER_S] = meta.samples / meta.seconds if meta.seconds > 0 else np.nan
+    return BatchChunk(
+        steps=np.asarray(meta.steps, dtype=np.int64),
+        epochs=np.asarray(meta.epochs, dtype=np.int64),
+        values=values,
+        class_hist=data[:, k:].copy(),
+    )
 
 
 _DEVICE_INDEX = np.array([BATCH_COLUMNS.index(name) for name in DEVICE_COLUMNS])

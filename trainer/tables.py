@@ -42,6 +42,7 @@ class ParsedTable:
     feature_columns: list[str]
     class_names: list[str]
     target_kind: str  # "label" | "probabilities"
+    target_columns: list[str]  # the label column, the probability columns, or the NPZ array ("y" or "p")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class ParsedTable:
             "num_classes": int(self.targets.shape[1]),
             "target_kind": self.target_kind,
             "feature_columns": list(self.feature_columns),
+            "target_columns": list(self.target_columns),
             "class_names": list(self.class_names),
         }
 
@@ -246,7 +248,7 @@ def _from_columns(
     else:
         probs = [float_column(columns[index[name]], name, numbers, issues, kind="probability") for name in target_cols]
         targets = check_probabilities(np.stack(probs, axis=1), target_cols, numbers, num_classes, issues)
-    return ParsedTable(fmt, features, targets, feature_cols, class_names, kind)
+    return ParsedTable(fmt, features, targets, feature_cols, class_names, kind, target_cols)
 
 
 # --- NPZ: arrays x and y (labels) or p (probabilities) -------------------------------------------
@@ -313,4 +315,4 @@ def _npz_arrays(
         columns = [f"p{c}" for c in class_names]
         probs = finite_matrix(t, columns, numbers, issues, kind="probability")
         targets = check_probabilities(probs, columns, numbers, num_classes, issues)
-    return ParsedTable("npz", features, targets, names, class_names, kind)
+    return ParsedTable("npz", features, targets, names, class_names, kind, [t_name])

@@ -7,26 +7,30 @@ live refresh and a reload can never show different things.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep
 from app.budgets import Limits
+from app.pages.compare import compare_runs
 from app.pages.config_form import config_differences, display_value, flatten, form_values
+from app.pages.lineage import advice_states, lineage
+from app.pages.run_data import applicable_fields, run_dataset
 from app.pages.run_form import find_run, form_context, parse_id, preset_values, queue_from_form
+from app.pages.runs_list import ListQueryError, runs_context
 from app.pages.waiting import waiting_state
 from app.security import CSRF_FIELD, SESSION_COOKIE, csrf_ok, session_value
 from app.storage import crud
-from app.storage.models import MAX_ID, RUN_STATUSES, RunPublic
+from app.storage.models import MAX_ID, RunPublic
 from app.worker.pool import PoolStatus, WorkerPool
-from trainer import preset_names
+from trainer import BATCH_COLUMNS, EVAL_METRICS, preset_names
+from trainer.detector_rules import LOGIT_CRIT, LOGIT_WARN
 
 router = APIRouter(include_in_schema=False)
 
-RUNS_PER_PAGE = 50
 CSRF_REFUSED = "This form was not sent by one of this server's pages (its CSRF token is missing or old): reload it."
 STATS_POINTS = 2000  # server-side downsampling target for a chart's first load
 # live points a run page's charts take before they are drawn afresh from the downsampled history, so a
@@ -69,34 +73,39 @@ def load_run(session: SessionDep, run_id: int | str) -> RunPublic:
 
 
 # --- runs list ------------------------------------------------------------------------------------
-def _runs_context(session: SessionDep, status: str | None, offset: int) -> dict[str, Any]:
-    if status and status not in RUN_STATUSES:
-        raise PageError(422, "Unknown status", f"Unknown status {status!r}; known: {', '.join(RUN_STATUSES)}.")
-    if offset > MAX_ID:  # the database cannot take it, and no table holds that many rows
-        raise PageError(422, "Bad offset", f"offset must be at most {MAX_ID:,}, got {offset:,}.")
-    page = crud.list_runs(session=session, status=status or None, limit=RUNS_PER_PAGE, offset=max(offset, 0))
-    return {
-        "runs": page.items,
-        "total": page.total,
-        "status": status or None,
-        "offset": max(offset, 0),
-        "limit": RUNS_PER_PAGE,
-        "statuses": RUN_STATUSES,
-    }
+def _runs_context(request: Request, session: SessionDep, query: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return runs_context(request, session, **query)
+    except ListQueryError as err:
+        raise PageError(422, "Bad list query", str(err)) from err
+
+
+def _list_query(
+    status: str | None = None,
+    q: str | None = None,
+    tag: str | None = None,
+    sort: str = "created",
+    order: str = "desc",
+    offset: int = 0,
+) -> dict[str, Any]:
+    return {"status": status, "q": q, "tag": tag, "sort": sort, "order": order, "offset": max(offset, 0)}
+
+
+ListQuery = Annotated[dict[str, Any], Depends(_list_query)]
 
 
 @router.get("/", name="pages:runs", response_class=HTMLResponse)
-def list_runs_page(request: Request, session: SessionDep, status: str | None = None, offset: int = 0) -> Response:
+def list_runs_page(request: Request, session: SessionDep, query: ListQuery) -> Response:
     try:
-        return render(request, "runs/list.html", _runs_context(session, status, offset))
+        return render(request, "runs/list.html", _runs_context(request, session, query))
     except PageError as err:
         return error_page(request, err)
 
 
 @router.get("/partials/runs", name="pages:runs_rows", response_class=HTMLResponse)
-def list_runs_rows(request: Request, session: SessionDep, status: str | None = None, offset: int = 0) -> Response:
+def list_runs_rows(request: Request, session: SessionDep, query: ListQuery) -> Response:
     try:
-        return render(request, "runs/_rows.html", _runs_context(session, status, offset))
+        return render(request, "runs/_rows.html", _runs_context(request, session, query))
     except PageError as err:
         return error_page(request, err)
 
@@ -155,6 +164,13 @@ def _chart_meta(request: Request, run: RunPublic) -> dict[str, Any]:
         "num_classes": run.num_classes,
         "min_entropy": run.config.get("min_entropy"),
         "max_grad_norm": run.config.get("max_grad_norm"),
+        # what the charts draw exploding_logits's limits from: |z - the sample's mean z| / T
+        "logit_warn": LOGIT_WARN,
+        "logit_crit": LOGIT_CRIT,
+        "temperature": run.config.get("temperature"),
+        "deploy_temperature": run.config.get("deploy_temperature", 1.0),
+        "epochs": run.config.get("epochs"),
+        "steps_per_epoch": (run.info or {}).get("steps_per_epoch"),
         "stats_url": _stats_url(request, run.id),
         "live_points_limit": LIVE_POINTS_LIMIT,
         "evals_url": str(request.url_for("list_run_evals", run_id=run.id)),
@@ -176,8 +192,11 @@ def run_page(request: Request, session: SessionDep, run_id: str) -> Response:
     context = {
         "run": run,
         "waiting": waiting_state(session, run, worker_status(request)),
-        "warnings": crud.list_warnings(session=session, run_id=run.id),
-        "config_rows": [(k, _table_value(v)) for k, v in flatten(run.config).items()],
+        "lineage": lineage(session, run),
+        "warnings": (warnings := crud.list_warnings(session=session, run_id=run.id)),
+        "advice_states": advice_states(session, run, warnings),
+        "dataset": run_dataset(session, run),
+        "config_rows": [(k, _table_value(v)) for k, v in applicable_fields(flatten(run.config)).items()],
         "parent": parent,
         "parent_diff": [(k, [_table_value(v) for v in vs]) for k, vs in diff],
         "chart_meta": _chart_meta(request, run),
@@ -189,9 +208,9 @@ def run_page(request: Request, session: SessionDep, run_id: str) -> Response:
 def run_header(request: Request, session: SessionDep, run_id: str) -> Response:
     try:
         run = load_run(session, run_id)
-        return render(
-            request, "runs/_header.html", {"run": run, "waiting": waiting_state(session, run, worker_status(request))}
-        )
+        context = {"run": run, "waiting": waiting_state(session, run, worker_status(request))}
+        dataset = run_dataset(session, run)
+        return render(request, "runs/_header.html", {**context, "lineage": lineage(session, run), "dataset": dataset})
     except PageError as err:
         return error_page(request, err)
 
@@ -202,9 +221,9 @@ def run_warnings(request: Request, session: SessionDep, run_id: str) -> Response
         run = load_run(session, run_id)
     except PageError as err:
         return error_page(request, err)
-    return render(
-        request, "runs/_warnings.html", {"run": run, "warnings": crud.list_warnings(session=session, run_id=run.id)}
-    )
+    warnings = crud.list_warnings(session=session, run_id=run.id)
+    context = {"run": run, "warnings": warnings, "advice_states": advice_states(session, run, warnings)}
+    return render(request, "runs/_warnings.html", context)
 
 
 # --- compare --------------------------------------------------------------------------------------
@@ -239,12 +258,16 @@ def compare_page(request: Request, session: SessionDep, ids: str = "") -> Respon
                 "evals_url": str(request.url_for("list_run_evals", run_id=r.id)),
             }
             for r in runs
-        ]
+        ],
+        "batch_columns": list(BATCH_COLUMNS),  # every recorded series can be overlaid
+        "eval_metrics": list(EVAL_METRICS),
     }
+    warnings = {r.id: crud.list_warnings(session=session, run_id=r.id) for r in runs}
     context = {
         "runs": runs,
         "colors": colors,
         "differences": [(k, [_table_value(v) for v in vs]) for k, vs in diff],
+        "comparison": compare_runs(runs, warnings),
         "compare_meta": meta,
     }
     return render(request, "compare/index.html", context)

@@ -35,6 +35,8 @@ def waiting_state(session: Session, run: RunPublic, workers: PoolStatus | None) 
 def _message(
     run: RunPublic, position: int | None, running: int, workers: PoolStatus | None, preparing: bool
 ) -> str | None:
+    if preparing and run.external:
+        return f"Waiting for the first statistics from its training loop ({run.worker})."
     if preparing:
         return f"Preparing: making the data and building the model on {run.worker}; the first batch comes next."
     if position is None:

@@ -8,27 +8,26 @@ from __future__ import annotations
 import shutil
 import unicodedata
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, update
 from sqlmodel import Session, SQLModel, col, select
 
-from app.budgets import Limits, check_run, check_table_size, copy_capped, summarise_table
+from app.budgets import Limits, check_run, check_table_size, copy_capped, describe_table, summarise_table
 from app.errors import InputError, NotFound, config_error_items, table_error_items
+from app.storage.listing import elapsed, list_runs, run_summary
 from app.storage.models import (
     MAX_ID,
-    SUMMARY_COLUMNS,
     Dataset,
+    DatasetPreview,
     EvalPublic,
     EvalStat,
     PresetPublic,
     Run,
     RunCreate,
     RunPublic,
-    RunsPage,
-    RunSummary,
+    RunUpdate,
     RunWarning,
     StatBlock,
     StatChunk,
@@ -45,7 +44,6 @@ from trainer import (
     from_dict,
     preset,
     preset_names,
-    read_table_summary,
 )
 from trainer.config import device_problem
 
@@ -63,14 +61,17 @@ __all__ = [
     "list_presets",
     "list_runs",
     "list_warnings",
+    "preview_dataset",
     "run_public",
     "run_summary",
+    "update_run",
 ]
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz")
 # never part of a name: a control character (PostgreSQL refuses NUL in text) or a lone surrogate (it
 # has no UTF-8 form, so neither database, nor the JSON of an answer, can hold it)
 _REFUSED_CHARACTERS = {"Cc": "control character", "Cs": "lone surrogate"}
 _Row = TypeVar("_Row", bound=SQLModel)
+_LINE_BREAKS = str.maketrans("\t\n\r", "   ")
 
 
 def _by_id(session: Session, model: type[_Row], id_: int) -> _Row | None:
@@ -180,21 +181,6 @@ def get_run(*, session: Session, run_id: int) -> Run:
     return run
 
 
-def list_runs(*, session: Session, status: str | None = None, limit: int = 50, offset: int = 0) -> RunsPage:
-    """Newest first; `total` counts every run with that status."""
-    query = select(Run)
-    count = select(func.count()).select_from(Run)
-    if status:
-        query, count = query.where(Run.status == status), count.where(Run.status == status)
-    runs = session.exec(query.order_by(col(Run.id).desc()).offset(offset).limit(limit)).all()
-    return RunsPage(items=[run_summary(r) for r in runs], total=session.exec(count).one())
-
-
-def run_summary(run: Run) -> RunSummary:
-    latest = run.latest or {}
-    return RunSummary.model_validate(run, update={"latest": {k: latest.get(k) for k in SUMMARY_COLUMNS}})
-
-
 def run_public(*, session: Session, run: Run) -> RunPublic:
     last_eval = session.exec(
         select(EvalStat).where(EvalStat.run_id == run.id).order_by(col(EvalStat.step).desc(), col(EvalStat.id).desc())
@@ -206,16 +192,24 @@ def run_public(*, session: Session, run: Run) -> RunPublic:
             "latest": {k: latest.get(k) for k in BATCH_COLUMNS},
             "columns": list(BATCH_COLUMNS),
             "final_eval": eval_public(last_eval) if last_eval else None,
-            "duration_s": run.duration_s if run.duration_s is not None else _elapsed(run),
+            "duration_s": run.duration_s if run.duration_s is not None else elapsed(run),
+            "tags": run.tags or [],
         },
     )
 
 
-def _elapsed(run: Run) -> float | None:
-    if run.started_at is None:
-        return None
-    end: datetime = run.finished_at or utcnow()
-    return max(0.0, (end - run.started_at).total_seconds())
+def update_run(*, session: Session, run_id: int, changes: RunUpdate) -> Run:
+    """Rename a run or set its tags or notes (what `changes` names); its training is left alone."""
+    run = get_run(session=session, run_id=run_id)
+    _refuse_control_characters(["body", "name"], changes.name, "a run's name")
+    # notes are free text over lines: tabs and line breaks are kept, other control characters refused
+    _refuse_control_characters(["body", "notes"], (changes.notes or "").translate(_LINE_BREAKS), "notes")
+    values = {k: v for k, v in changes.model_dump(exclude_unset=True).items() if v is not None}
+    if values:
+        session.exec(update(Run).where(col(Run.id) == run_id).values(**values))
+        session.commit()
+        session.refresh(run)
+    return run
 
 
 def cancel_run(*, session: Session, run_id: int) -> Run:
@@ -248,8 +242,31 @@ def delete_run(*, session: Session, run_id: int) -> None:
     session.commit()
 
 
-def apply_advice(*, session: Session, run_id: int, warning_id: int) -> Run:
-    """Queue a child run: the parent's effective config plus the warning's advice overrides."""
+def child_config(parent_config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """The effective config a run made from this advice has (None when the advice no longer applies)."""
+    try:
+        return from_dict(overrides, base=from_dict(parent_config)).to_dict()
+    except ConfigError:
+        return None
+
+
+def applied_child(session: Session, parent: Run | RunPublic, overrides: dict[str, Any]) -> int | None:
+    """The oldest child of `parent` whose effective config is the one this advice makes."""
+    wanted = child_config(parent.config, overrides)
+    if wanted is None:
+        return None
+    for child_id, config in session.execute(
+        select(Run.id, Run.config).where(Run.parent_id == parent.id).order_by(Run.id)
+    ).all():
+        if config == wanted:
+            return int(child_id)
+    return None
+
+
+def apply_advice(*, session: Session, run_id: int, warning_id: int) -> tuple[Run, bool]:
+    """Queue a child run: the parent's effective config plus the warning's advice overrides. Advice that
+    already made a child (from this warning or another with the same changes) returns that child and
+    False instead of queueing the same run twice."""
     parent = get_run(session=session, run_id=run_id)
     warning = _by_id(session, RunWarning, warning_id)
     if warning is None or warning.run_id != run_id:
@@ -261,6 +278,10 @@ def apply_advice(*, session: Session, run_id: int, warning_id: int) -> Run:
         cfg = from_dict(overrides, base=from_dict(parent.config))
     except ConfigError as exc:
         raise InputError.at(["body", "warning_id"], f"the advice of warning {warning_id} is invalid: {exc}") from exc
+    existing = applied_child(session, parent, overrides)
+    if existing is not None:
+        child = get_run(session=session, run_id=existing)
+        return child, False
     change = ", ".join(f"{k}={v}" for k, v in overrides.items())
     child = Run(
         name=f"{parent.name} + {change}"[:200],
@@ -270,7 +291,7 @@ def apply_advice(*, session: Session, run_id: int, warning_id: int) -> Run:
         dataset_id=parent.dataset_id,
         parent_id=parent.id,
     )
-    return _queue(session, child, default_name="")
+    return _queue(session, child, default_name=""), True
 
 
 # --- evaluations and warnings --------------------------------------------------------------------------
@@ -324,6 +345,39 @@ def create_dataset(
 ) -> Dataset:
     """Store an upload under a generated name and validate it; on any problem the file is removed
     and nothing is stored (TableError -> InputError with each issue's row and column)."""
+    fields, target = _read_upload(data_dir, upload, filename, name, label_column, limits)
+    try:
+        dataset = Dataset(**fields, path=str(target))
+        session.add(dataset)
+        session.commit()
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    session.refresh(dataset)
+    return dataset
+
+
+def preview_dataset(
+    *,
+    data_dir: Path,
+    upload: BinaryIO,
+    filename: str,
+    name: str | None = None,
+    label_column: str | None = None,
+    limits: Limits | None = None,
+) -> DatasetPreview:
+    """What `create_dataset` would store for this upload, read the same way; the file is removed and
+    nothing is stored."""
+    fields, target = _read_upload(data_dir, upload, filename, name, label_column, limits)
+    target.unlink(missing_ok=True)
+    return DatasetPreview(**fields)
+
+
+def _read_upload(
+    data_dir: Path, upload: BinaryIO, filename: str, name: str | None, label_column: str | None, limits: Limits | None
+) -> tuple[dict[str, Any], Path]:
+    """Copy and parse an upload: (the Dataset fields it describes, the copy). On any problem the copy is
+    removed (TableError -> InputError with each issue's row and column)."""
     original = Path(filename or "upload").name
     _refuse_control_characters(["body", "file"], original, "the file's name")  # it is stored and shown
     _refuse_control_characters(["body", "name"], name, "a dataset's name")
@@ -339,32 +393,26 @@ def create_dataset(
         if limits is None:
             with target.open("wb") as fh:
                 shutil.copyfileobj(upload, fh, 1 << 20)
-            summary = read_table_summary(target, label_column=label_column or None)
+            summary = describe_table(target, label_column or None)
         else:  # capped while copied, sized from its headers, then parsed outside this process
             copy_capped(upload, target, limits.upload_bytes)
             check_table_size(target, limits)
             summary = summarise_table(target, label_column or None, limits)
-        dataset = Dataset(
-            name=(name or Path(original).stem)[:200],
-            filename=original,
-            format=summary["format"],
-            rows=summary["rows"],
-            n_features=summary["n_features"],
-            num_classes=summary["num_classes"],
-            target_kind=summary["target_kind"],
-            label_column=label_column or None,
-            path=str(target),
-        )
-        session.add(dataset)
-        session.commit()
     except TableError as exc:
         target.unlink(missing_ok=True)
         raise InputError(table_error_items(exc)) from exc
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    session.refresh(dataset)
-    return dataset
+    described = ("format", "rows", "n_features", "num_classes", "target_kind", "sha256", "target_entropy")
+    listed = ("feature_columns", "target_columns", "class_names", "class_shares")
+    fields = {
+        "name": (name or Path(original).stem)[:200],
+        "filename": original,
+        "label_column": label_column or None,
+        **{key: summary[key] for key in described + listed},
+    }
+    return fields, target
 
 
 def get_dataset(*, session: Session, dataset_id: int) -> Dataset:

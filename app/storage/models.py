@@ -8,10 +8,11 @@ batches decodes a handful of blobs instead of building a Python object per value
 from __future__ import annotations
 
 import difflib
+import math
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError, ValidatorFunctionWrapHandler, model_validator
+from pydantic import ValidationError, ValidatorFunctionWrapHandler, computed_field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, Text, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -76,6 +77,9 @@ class Run(RunBase, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     worker: str | None = None
+    # logged by a user's own loop through the client library (collapsewatch/, POST /api/ingest/runs): created
+    # running, never queued, so no worker claims it; its client heartbeats like a worker
+    external: bool = False
     cancel_requested: bool = False
     error: str | None = Field(default=None, sa_type=Text)
     # what the sink could not store after retrying (app/worker/sink.py), e.g. "50 batches (steps 400-449) ..."
@@ -88,6 +92,9 @@ class Run(RunBase, table=True):
     warning_count: int = 0
     max_severity: str | None = None
     info: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # RunInfo without the config
+    # the user's labels (PATCH /api/runs/{id}); an upgraded database's older runs hold NULL tags: read as none
+    tags: list[str] | None = Field(default_factory=list, sa_column=Column(JSON))
+    notes: str = Field(default="", sa_type=Text)
 
 
 class StatChunk(SQLModel, table=True):
@@ -166,6 +173,9 @@ class DatasetBase(SQLModel):
     num_classes: int
     target_kind: str
     label_column: str | None = None
+    # these are None on a dataset uploaded by a version that did not keep them
+    sha256: str | None = Field(default=None, max_length=64)  # hex digest of the uploaded bytes
+    target_entropy: float | None = None  # mean over rows of each soft target's entropy, nats (at most ln C)
 
 
 class Dataset(DatasetBase, table=True):
@@ -176,6 +186,10 @@ class Dataset(DatasetBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     path: str
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    feature_columns: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    target_columns: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    class_names: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    class_shares: list[float] | None = Field(default=None, sa_column=Column(JSON))  # mean target of each class
 
 
 # --- API schemas (a table class is never a response model) ------------------------------------------
@@ -203,9 +217,12 @@ class RequestBody(SQLModel):
 
 def sendable(value: Any) -> Any:
     """`value` as the 422 can echo it: a lone surrogate (JSON allows "\\ud800", UTF-8 has no form for it)
-    would make the answer itself fail to encode, so it is echoed escaped."""
+    would make the answer itself fail to encode, so it is echoed escaped; so is a NaN or an infinity
+    (json.loads reads the tokens NaN and Infinity; an answer cannot hold them) as "NaN", "Infinity", "-Infinity"."""
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
         return {sendable(k): sendable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -235,17 +252,51 @@ class ApplyAdvice(RequestBody):
     warning_id: int = Field(ge=1, le=MAX_ID)
 
 
+MAX_TAGS, MAX_TAG_LENGTH, MAX_NOTES_LENGTH = 20, 40, 5000
+_TAG_PUNCTUATION = "-_.:/+=@#"
+
+
+class RunUpdate(RequestBody):
+    """A run's labels to change; a field left out (or null) stays as it is. Tags are deduplicated in order."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    tags: list[str] | None = Field(default=None, max_length=MAX_TAGS)
+    notes: str | None = Field(default=None, max_length=MAX_NOTES_LENGTH)
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, name: str | None) -> str | None:
+        if name is not None and not name.strip():
+            raise ValueError("a run's name must not be blank")
+        return None if name is None else name.strip()
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_are_words(cls, tags: list[str] | None) -> list[str] | None:
+        if tags is None:
+            return None
+        for tag in tags:
+            if not 1 <= len(tag) <= MAX_TAG_LENGTH or not all(c.isalnum() or c in _TAG_PUNCTUATION for c in tag):
+                raise ValueError(
+                    f"a tag is 1 to {MAX_TAG_LENGTH} letters, digits or {' '.join(_TAG_PUNCTUATION)}, got {tag!r}"
+                )
+        return list(dict.fromkeys(tags))
+
+
 class ErrorPublic(SQLModel):
     """The body of every error answer but a 422: one sentence that says what to do."""
 
     detail: str
 
 
-class EvalPublic(SQLModel):
+class EvalSummary(SQLModel):
     step: int
     epoch: int
     metrics: dict[str, float | None]  # non-finite values are null here and named in `nonfinite`
     nonfinite: dict[str, str] = Field(default_factory=dict)
+
+
+class EvalPublic(EvalSummary):
     pred_hist: list[float]
     target_hist: list[float]
     confusion: list[list[int]]
@@ -254,6 +305,7 @@ class EvalPublic(SQLModel):
 class RunSummary(RunBase):
     id: int
     status: str
+    external: bool = False  # streamed by a user's own loop (the client library), not trained by a worker
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -261,6 +313,10 @@ class RunSummary(RunBase):
     warning_count: int
     max_severity: str | None
     latest: dict[str, float | None]  # SUMMARY_COLUMNS of the last recorded batch
+    tags: list[str] = Field(default_factory=list)
+    notes: str = ""
+    duration_s: float | None = None  # so far, while it runs
+    final_eval: EvalSummary | None = None  # the last evaluation's metrics (no histograms)
 
 
 class RunPublic(RunSummary):
@@ -274,7 +330,7 @@ class RunPublic(RunSummary):
     num_classes: int
     last_step: int
     columns: list[str]
-    final_eval: EvalPublic | None
+    final_eval: EvalPublic | None = None
     info: dict[str, Any] | None  # device, class weights used, parameter count, steps per epoch, data profile
 
 
@@ -316,7 +372,22 @@ class WarningPublic(SQLModel):
     created_at: datetime
 
 
-class DatasetPublic(DatasetBase):
+class DatasetPreview(DatasetBase):
+    """How an upload is read: which columns became features and which targets, and the targets' spread."""
+
+    feature_columns: list[str] | None = None
+    target_columns: list[str] | None = None  # the label column, the probability columns, or NPZ's "y" / "p"
+    class_names: list[str] | None = None
+    class_shares: list[float] | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def max_target_entropy(self) -> float:
+        """ln C, the entropy of a uniform target: the most `target_entropy` can be."""
+        return math.log(self.num_classes) if self.num_classes > 0 else 0.0
+
+
+class DatasetPublic(DatasetPreview):
     id: int
     created_at: datetime
 

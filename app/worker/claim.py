@@ -139,9 +139,10 @@ def _silent_runs(engine: Engine, stale_after_seconds: float) -> list[tuple[int, 
 
 
 def count_busy_workers(conn: DbConnection, *, stale_after_seconds: float) -> int:
-    """Workers on this database (any machine) training a run whose heartbeat is recent."""
+    """Workers on this database (any machine) training a run whose heartbeat is recent (a user's own loop
+    streaming an external run is no worker)."""
     live = select(func.count(Run.worker.distinct())).where(
-        Run.status == "running", Run.heartbeat_at >= db_now(conn, -stale_after_seconds)
+        Run.status == "running", Run.external.is_(False), Run.heartbeat_at >= db_now(conn, -stale_after_seconds)
     )
     return int(conn.execute(live).scalar() or 0)
 

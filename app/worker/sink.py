@@ -22,19 +22,10 @@ from typing import Any
 from sqlalchemy import Engine, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app.storage.chunks import (
-    BLOCK_COLUMNS,
-    CHUNK_COLUMNS,
-    chunk_rows,
-    executemany,
-    full_values,
-    insert_sql,
-    merge_chunks,
-    nan_masks,
-)
 from app.storage.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
-from app.storage.rollups import Rollup, Segments, encode_hists, encode_stats
-from app.storage.values import finite_or_none, to_json_safe
+from app.storage.rollups import Rollup
+from app.storage.values import to_json_safe
+from app.storage.writes import eval_values, warning_values, write_chunks
 from trainer import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
 
 log = logging.getLogger(__name__)
@@ -77,8 +68,6 @@ class DatabaseSink:
         self._max_severity = -1
         self._rollup: Rollup | None = None
         self._rows_before: int | None = None
-        self._chunk_sql = insert_sql(engine, "statchunk", CHUNK_COLUMNS)
-        self._block_sql = insert_sql(engine, "statblock", BLOCK_COLUMNS)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._drain, name=f"collapsewatch-writer-{run_id}", daemon=True)
@@ -253,41 +242,7 @@ class DatabaseSink:
             # joins a run with rows already written leaves its rows to be read raw
             width = chunks[0].class_hist.shape[1]
             self._rollup = Rollup(len(BATCH_COLUMNS), width) if self._rows_before == 0 else None
-        n = 0
-        for chunk in merge_chunks(chunks):
-            executemany(conn, self._chunk_sql, chunk_rows(self.run_id, chunk))
-            n += len(chunk)
-            if self._rollup is not None:
-                done = self._rollup.add(
-                    chunk.steps, chunk.epochs, full_values(chunk), nan_masks(chunk), chunk.class_hist
-                )
-                self._write_blocks(conn, done)
-        last = chunks[-1]
-        latest = {name: finite_or_none(v) for name, v in zip(last.columns, last.values[-1].tolist(), strict=True)}
-        conn.execute(
-            update(Run)
-            .where(Run.id == self.run_id)
-            .values(steps=Run.steps + n, last_step=int(last.steps[-1]), latest=latest)
-        )
-
-    def _write_blocks(self, conn: Any, done: list[tuple[int, Segments]]) -> None:
-        rows = [
-            (self.run_id, level, *fields)
-            for level, seg in done
-            for fields in zip(
-                seg.first_step.tolist(),
-                seg.last_step.tolist(),
-                seg.first_epoch.tolist(),
-                seg.last_epoch.tolist(),
-                seg.rows.tolist(),
-                seg.nan_any.tolist(),
-                encode_stats(seg),
-                encode_hists(seg),
-                strict=True,
-            )
-        ]
-        if rows:
-            executemany(conn, self._block_sql, rows)
+        write_chunks(conn, self.run_id, chunks, self._rollup)
 
     def _write_start(self, conn: Any, info: RunInfo) -> None:
         details = to_json_safe({k: v for k, v in dataclasses.asdict(info).items() if k != "config"})
@@ -310,29 +265,3 @@ class DatabaseSink:
             .where(Run.id == self.run_id, Run.status.in_(("queued", "running")), unfinished)
             .values(status=result.status, error=result.error, finished_at=utcnow(), duration_s=result.duration_s)
         )
-
-
-def eval_values(run_id: int, record: EvalRecord) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "step": int(record.step),
-        "epoch": int(record.epoch),
-        "metrics": to_json_safe(dict(record.metrics)),
-        "pred_hist": to_json_safe(list(record.pred_hist)),
-        "target_hist": to_json_safe(list(record.target_hist)),
-        "confusion": to_json_safe([list(row) for row in record.confusion]),
-    }
-
-
-def warning_values(run_id: int, warning: CollapseWarning) -> dict[str, Any]:
-    advice = warning.advice
-    return {
-        "run_id": run_id,
-        "kind": warning.kind,
-        "severity": warning.severity,
-        "step": int(warning.step),
-        "message": warning.message,
-        "evidence": to_json_safe(dict(warning.evidence)),
-        "advice": None if advice is None else to_json_safe({"message": advice.message, "overrides": advice.overrides}),
-        "created_at": utcnow(),
-    }

@@ -48,6 +48,12 @@ export const postJSON = (url, payload = {}) =>
 
 export const postForm = (url, formData) => send(url, { method: "POST", body: formData });
 
+// any method, with a JSON body when `payload` is given (PATCH, DELETE)
+export const sendJSON = (method, url, payload) =>
+  send(url, payload === undefined
+    ? { method }
+    : { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
+
 export async function getHTML(url) {
   const response = await fetch(url, { headers: { Accept: "text/html" } });
   if (!response.ok) throw new Error(`HTTP ${response.status} for ${url}`);

@@ -1,173 +1,72 @@
-// The run page's eight charts: drawn once with the first data, then extended with each stats or eval
-// increment. When each chart is drawn and redrawn is chart_scheduler.js's business.
+// The run page's charts: drawn once with the first data, then extended with each stats or eval
+// increment (when each is drawn and redrawn is chart_scheduler.js's business). Every chart on the step
+// axis shares one x range (chart_sync.js) and shows each warning at its step and each epoch boundary;
+// each line chart is viewed as its controls say (chart_settings.js). Titles come from the template.
 
+import { chartSettings } from "./chart_settings.js";
+import { createZoomSync } from "./chart_sync.js";
+import { classHeatmap, confusionMatrix, validationClassShares } from "./class_charts.js";
 import { scheduleCharts } from "./chart_scheduler.js";
-import {
-  COLORS, NONFINITE_AXIS, PLOT_CONFIG, baseLayout, lineTrace, markerTrace, nonfiniteSegments, nonfiniteTrace,
-  reserveLegend, thresholdLine,
-} from "./plot_style.js";
+import { lineChart } from "./line_chart.js";
+import { EVAL_CHARTS, STAT_CHARTS } from "./chart_specs.js";
+import { COLORS, baseLayout, thresholdLine, warningMarks, withEscalations } from "./plot_style.js";
 
-const MAX_NONFINITE_MARKERS = 200; // per chart: more would hide the data
-const HEATMAP_INTERVAL_MS = 500; // the heatmap is redrawn whole, so at most twice a second
+const EVAL_FRAME_MS = 1000; // the validation charts take the run's growing extent at most this often
 
-const STAT_CHARTS = [
-  {
-    id: "chart-entropy", title: "Prediction entropy vs target entropy", yTitle: "entropy (nats)",
-    series: [
-      ["entropy_mean", "mean", COLORS.blue], ["entropy_p10", "10th percentile", COLORS.teal],
-      ["entropy_min", "min", COLORS.purple], ["target_entropy_mean", "targets' mean", COLORS.grey, "dash"],
-    ],
-    thresholds: (m) => [[m.min_entropy, `h_min = ${m.min_entropy} nats`]],
-  },
-  {
-    id: "chart-logits", title: "Raw logits", yTitle: "logit (raw, before temperature)",
-    series: [["logit_max", "max", COLORS.red], ["logit_min", "min", COLORS.blue], ["logit_range", "range (max − min)", COLORS.grey, "dash"]],
-  },
-  {
-    id: "chart-confidence", title: "Near-one-hot predictions and confidence", yTitle: "share of batch", yRange: [0, 1.02],
-    series: [
-      ["onehot_frac", "one-hot predictions (max p > 0.99)", COLORS.red], ["target_onehot_frac", "one-hot targets", COLORS.grey, "dash"],
-      ["maxprob_mean", "mean max-probability", COLORS.blue], ["hist_top_share", "top-class share", COLORS.orange],
-    ],
-  },
-  {
-    id: "chart-loss", title: "Loss terms", yTitle: "loss (batch mean)",
-    series: [
-      ["loss", "total", "#1d2330"], ["loss_ce", "soft cross-entropy", COLORS.blue],
-      ["loss_entropy", "entropy penalty", COLORS.orange], ["loss_final_l2", "final-layer L2", COLORS.green],
-    ],
-  },
-  {
-    id: "chart-grad", title: "Gradient norm (before clipping)", yTitle: "global grad norm (L2)",
-    series: [["grad_norm", "grad norm", COLORS.blue]],
-    clipped: true,
-    thresholds: (m) => (m.max_grad_norm == null ? [] : [[m.max_grad_norm, `clip at ${m.max_grad_norm}`]]),
-  },
-];
-
-const EVAL_CHARTS = [
-  {
-    id: "chart-validation", title: "Validation: loss and accuracy", yTitle: "loss (nats)", y2Title: "accuracy (share of val set)",
-    series: [
-      ["objective", "objective", "#1d2330"], ["soft_ce", "soft cross-entropy", COLORS.blue],
-      ["kl", "KL(target ‖ prediction)", COLORS.purple], ["accuracy", "accuracy (right axis)", COLORS.green, "dot", "y2"],
-    ],
-  },
-  {
-    id: "chart-calibration", title: "Validation calibration", yTitle: "calibration error (lower is better)",
-    series: [["ece", "ECE (15 bins)", COLORS.red], ["brier", "Brier score", COLORS.brown]],
-  },
-];
-
-// Per trace of a stat chart, the x and y values of one stats answer (the clipped markers last).
-function statSeries(spec, stats) {
-  const steps = stats.steps;
-  const xs = spec.series.map(() => steps);
-  const ys = spec.series.map(([column]) => stats.columns[column] ?? steps.map(() => null));
-  if (spec.clipped) {
-    const clipped = stats.columns.clipped ?? [];
-    const grad = stats.columns.grad_norm ?? [];
-    const hits = steps.map((_, i) => i).filter((i) => clipped[i] >= 0.5);
-    xs.push(hits.map((i) => steps[i]));
-    ys.push(hits.map((i) => grad[i]));
-  }
-  return { xs, ys };
-}
-
-function evalSeries(spec, records) {
-  return {
-    xs: spec.series.map(() => records.map((r) => r.step)),
-    ys: spec.series.map(([metric]) => records.map((r) => r.metrics[metric] ?? null)),
-  };
-}
+const seriesObjects = (rows, extra) => rows.map(([column, name, color, dash, yaxis]) => ({ column, name, color, dash, yaxis, ...extra }));
 
 // [{step, column, kind}] of a stats answer or of eval records (their metrics named "validation <metric>")
-const statNonfinite = (s) => Object.entries(s.nonfinite ?? {}).flatMap(([column, entries]) =>
+const statNonfinite = (s) => Object.entries(s?.nonfinite ?? {}).flatMap(([column, entries]) =>
   entries.map(([index, kind]) => ({ step: s.steps[index], column, kind })));
-const evalNonfinite = (records) => records.flatMap((r) =>
+const evalNonfinite = (records) => (records ?? []).flatMap((r) =>
   Object.entries(r.nonfinite ?? {}).map(([metric, kind]) => ({ step: r.step, column: `validation ${metric}`, kind })));
 
-// A line chart fed by increments (stats answers or lists of eval records): `seriesOf` gives each
-// trace's new values, `nonfiniteOf` the increment's non-finite entries, marked on every chart showing
-// their column. `first` holds the increments it is first drawn with.
-function lineChart(id, layout, traces, { seriesOf, nonfiniteOf, columns, first }) {
-  reserveLegend(layout, traces.map((t) => t.name), document.getElementById(id).clientWidth);
-  traces.push(nonfiniteTrace());
-  layout.yaxis3 = NONFINITE_AXIS;
-  const marked = new Set();
-
-  function values(increments) {
-    const parts = increments.map((inc) => {
-      const { xs, ys } = seriesOf(inc);
-      const fresh = nonfiniteOf(inc).filter((n) => columns.has(n.column) && !marked.has(n.step)).map((n) => n.step);
-      const steps = [...new Set(fresh)].slice(0, MAX_NONFINITE_MARKERS - marked.size);
-      steps.forEach((s) => marked.add(s));
-      const segments = nonfiniteSegments(steps);
-      return { xs: [...xs, segments.x], ys: [...ys, segments.y] };
+function chartLayout(spec, meta, title) {
+  return (settings) => {
+    const scaled = settings.scaled && spec.scalable;
+    const layout = baseLayout({
+      title: scaled ? spec.scaledTitle : title, yTitle: scaled ? spec.scaledYTitle : spec.yTitle, y2Title: spec.y2Title,
+      yRange: spec.yRange, y2Range: spec.y2Range,
     });
-    return { xs: traces.map((_, i) => parts.flatMap((p) => p.xs[i])), ys: traces.map((_, i) => parts.flatMap((p) => p.ys[i])) };
-  }
-
-  return {
-    id,
-    draw(increments) {
-      const { xs, ys } = values([...first, ...increments]);
-      traces.forEach((trace, i) => Object.assign(trace, { x: xs[i], y: ys[i] }));
-      return Plotly.react(id, traces, layout, PLOT_CONFIG); // a new plot, or one drawn afresh keeping the user's zoom
-    },
-    extend(increments) {
-      const { xs, ys } = values(increments);
-      Plotly.extendTraces(id, { x: xs, y: ys }, xs.map((_, i) => i));
-    },
+    for (const [y, label] of spec.thresholds?.(meta, settings) ?? []) thresholdLine(layout, y, label);
+    if (spec.fromZero) for (const axis of [layout.yaxis, layout.yaxis2]) if (axis) axis.rangemode = "tozero";
+    return layout;
   };
 }
 
-function statChart(spec, meta, first) {
-  const layout = baseLayout({ title: spec.title, yTitle: spec.yTitle, yRange: spec.yRange });
-  for (const [y, label] of spec.thresholds?.(meta) ?? []) thresholdLine(layout, y, label);
-  const traces = spec.series.map(([, name, color, dash]) => lineTrace(name, color, { dash }));
-  if (spec.clipped) traces.push(markerTrace("clipped", COLORS.red));
-  const columns = new Set(spec.series.map(([c]) => c));
-  return lineChart(spec.id, layout, traces, { seriesOf: (s) => statSeries(spec, s), nonfiniteOf: statNonfinite, columns, first });
-}
-
-function evalChart(spec, first) {
-  const layout = baseLayout({ title: spec.title, yTitle: spec.yTitle, y2Title: spec.y2Title });
-  const traces = spec.series.map(([, name, color, dash, yaxis]) => ({ ...lineTrace(name, color, { dash, yaxis }), mode: "lines+markers" }));
-  const columns = new Set(spec.series.map(([m]) => `validation ${m}`));
-  return lineChart(spec.id, layout, traces, { seriesOf: (records) => evalSeries(spec, records), nonfiniteOf: evalNonfinite, columns, first });
-}
-
-// the predicted-class histogram, one column per step; redrawn whole, so rate-limited
-function heatmapChart(numClasses, first) {
-  const layout = baseLayout({ title: "Predicted-class histogram over time", yTitle: "predicted class" });
-  layout.yaxis.dtick = numClasses <= 20 ? 1 : undefined;
-  layout.hovermode = "closest";
-  layout.margin.t = 50;
-  const trace = {
-    type: "heatmap", x: [], y: [...Array(numClasses).keys()], z: [...Array(numClasses)].map(() => []),
-    zmin: 0, zmax: 1, colorscale: "Viridis", colorbar: { title: { text: "share of batch", side: "right" }, thickness: 14 },
-    hovertemplate: "step %{x}<br>class %{y}: %{z:.3f}<extra></extra>",
+function statChart(spec, meta, first, ctx) {
+  const series = seriesObjects(spec.series(meta), { scalable: spec.scalable });
+  if (spec.clipped) series.push({ column: "clipped", name: "clipped", color: COLORS.red, markers: true });
+  const seriesOf = ({ stats }) => {
+    if (!stats) return null;
+    const ys = series.map((s) => stats.columns[s.column] ?? stats.steps.map(() => null));
+    const xs = series.map(() => stats.steps);
+    if (spec.clipped) { // the clipped steps' grad norms
+      const hits = stats.steps.map((_, i) => i).filter((i) => ys.at(-1)[i] >= 0.5);
+      xs[xs.length - 1] = hits.map((i) => stats.steps[i]);
+      ys[ys.length - 1] = hits.map((i) => ys[0][i]);
+    }
+    return { xs, ys };
   };
-  let revision = 0;
-  const add = (increments) => increments.forEach((s) => {
-    trace.x.push(...s.steps);
-    for (const row of s.class_hist ?? []) row.forEach((share, c) => trace.z[c]?.push(share));
+  return lineChart({
+    id: spec.id, series, makeLayout: chartLayout(spec, meta, titleOf(spec.id)), seriesOf, first, ctx,
+    nonfiniteOf: (inc) => statNonfinite(inc.stats), columns: new Set(series.map((s) => s.column)),
   });
-  return {
-    id: "chart-classes",
-    minIntervalMs: HEATMAP_INTERVAL_MS,
-    draw(increments) {
-      add([...first, ...increments]);
-      return Plotly.react("chart-classes", [trace], layout, PLOT_CONFIG);
-    },
-    extend(increments) {
-      add(increments);
-      layout.datarevision = ++revision; // the arrays grow in place, so tell react they changed
-      Plotly.react("chart-classes", [trace], layout, PLOT_CONFIG);
-    },
-  };
 }
+
+function evalChart(spec, meta, first, ctx) {
+  const series = seriesObjects(spec.series(meta), { mode: "lines+markers" });
+  const seriesOf = ({ evals }) => evals && {
+    xs: series.map(() => evals.map((r) => r.step)),
+    ys: series.map((s) => evals.map((r) => r.metrics[s.column] ?? null)),
+  };
+  return lineChart({
+    id: spec.id, series, makeLayout: chartLayout(spec, meta, titleOf(spec.id)), seriesOf, first, ctx,
+    nonfiniteOf: (inc) => evalNonfinite(inc.evals), columns: new Set(series.map((s) => `validation ${s.column}`)),
+  });
+}
+
+const titleOf = (id) => document.getElementById(id)?.dataset.title ?? "";
 
 // The notice above the charts: which measures were NaN or infinite, from which step, how often.
 function nonfiniteNotice() {
@@ -190,38 +89,144 @@ function nonfiniteNotice() {
   };
 }
 
+// The steps where an epoch starts (every `every`-th epoch) and the run's extent, per stats answer; it
+// learns the steps per epoch from the first boundary when the run did not say.
+function epochFrames(meta, onStepsPerEpoch) {
+  const every = Math.max(1, Math.ceil((meta.epochs ?? 1) / 40)); // at most ~40 lines per chart
+  let last = null;
+  return (s) => {
+    const boundaries = [];
+    s.steps.forEach((step, i) => {
+      const epoch = s.epochs?.[i];
+      if (epoch == null) return;
+      if (last !== null && epoch > last) {
+        if (epoch % every === 0) boundaries.push(step);
+        if (epoch > 0) onStepsPerEpoch(step / epoch);
+      }
+      last = Math.max(last ?? epoch, epoch);
+    });
+    return { boundaries, extent: s.steps.length ? [s.steps[0], s.steps.at(-1)] : [] };
+  };
+}
+
+// What outlives a redraw from the history (run_page.js makes it once): the shared zoom, the warnings
+// marked, the x axis ("step" or "epoch").
+export function createChartView(xMode = "step") {
+  return { zoom: createZoomSync(), warnings: new Map(), focused: null, x: xMode, stepsPerEpoch: null };
+}
+
 // Builds the charts with the first data in them (`first`: {stats, evals}, either may be missing), so
 // each is drawn once; `drawn` resolves when all of them are. Later increments extend them.
-export function createRunCharts(meta, first = {}) {
+export function createRunCharts(meta, first = {}, view = createChartView()) {
+  view.stepsPerEpoch ??= meta.steps_per_epoch ?? null;
+  const perEpoch = () => (view.x === "epoch" ? view.stepsPerEpoch : null);
+  const controlled = (id) => new Set([...document.querySelectorAll(`.chart-tools[data-chart="${id}"] [data-setting]`)].map((i) => i.dataset.setting));
+  const ctx = {
+    temperature: meta.temperature,
+    sync: view.zoom,
+    // only the settings a chart has controls for (templates/runs/detail.html)
+    settingsOf: (id) => {
+      const has = controlled(id);
+      const s = chartSettings(id);
+      return { log: has.has("log") && s.log, ema: has.has("ema") ? s.ema : 0, outliers: has.has("outliers") && s.outliers, scaled: has.has("scaled") && s.scaled };
+    },
+    xOf: (step) => (perEpoch() ? step / perEpoch() : step),
+    xTitle: () => (view.x !== "epoch" ? "step (batch)" : perEpoch() ? "epoch" : "step (batch); epochs once the first one ends"),
+    marks: () => warningMarks(withEscalations([...view.warnings.values()]), ctx.xOf, view.focused),
+  };
   const seenEvalSteps = new Set();
   const freshEvals = (records) => {
     const fresh = records.filter((r) => !seenEvalSteps.has(r.step)).sort((a, b) => a.step - b.step);
     fresh.forEach((r) => seenEvalSteps.add(r.step));
     return fresh;
   };
-  const firstStats = first.stats?.steps.length ? [first.stats] : [];
+  let charts = [];
+  const frameOf = epochFrames(meta, (spe) => {
+    if (view.stepsPerEpoch) return;
+    view.stepsPerEpoch = spe;
+    if (view.x === "epoch") charts.forEach((c) => c.redraw()); // the x values change once
+  });
+  const firstStats = first.stats?.steps.length ? [{ stats: first.stats, frame: frameOf(first.stats) }] : [];
   const firstEvals = freshEvals(first.evals ?? []);
+  const firstFrames = firstStats.map(({ frame }) => ({ frame }));
   const notice = nonfiniteNotice();
-  notice([...firstStats.flatMap(statNonfinite), ...evalNonfinite(firstEvals)]);
+  notice([...firstStats.flatMap((f) => statNonfinite(f.stats)), ...evalNonfinite(firstEvals)]);
 
-  const stat = STAT_CHARTS.map((spec) => statChart(spec, meta, firstStats));
-  const evals = EVAL_CHARTS.map((spec) => evalChart(spec, firstEvals.length ? [firstEvals] : []));
-  const heat = heatmapChart(meta.num_classes, firstStats);
+  const stat = STAT_CHARTS.map((spec) => statChart(spec, meta, firstStats, ctx));
+  const evalFirst = [...firstFrames, ...(firstEvals.length ? [{ evals: firstEvals }] : [])];
+  const evals = EVAL_CHARTS.map((spec) => evalChart(spec, meta, evalFirst, ctx));
+  const heat = classHeatmap({ id: "chart-classes", title: titleOf("chart-classes"), numClasses: meta.num_classes, first: firstStats, ctx });
+  const passes = [validationClassShares, confusionMatrix].map((make, i) => {
+    const id = ["chart-val-classes", "chart-confusion"][i];
+    return make({ id, title: titleOf(id), numClasses: meta.num_classes, first: evalFirst });
+  });
   // in page order (templates/runs/detail.html)
-  const scheduler = scheduleCharts([stat[0], stat[1], stat[2], heat, stat[3], stat[4], ...evals]);
+  const order = [...document.querySelectorAll("#charts .chart")].map((el) => el.id);
+  charts = [...stat, heat, ...evals, ...passes].filter((c) => order.includes(c.id)).sort((a, b) => order.indexOf(a.id) - order.indexOf(b.id));
+  const scheduler = scheduleCharts(charts);
+  const byId = new Map(charts.map((c) => [c.id, c]));
 
+  // an extendTraces redraws its chart: the validation charts get each epoch boundary at once, the run's
+  // extent only now and then, not with every increment
+  let evalFrameAt = -Infinity;
   function addStats(s) {
     if (!s.steps.length) return;
-    for (const chart of [...stat, heat]) scheduler.push(chart.id, s);
+    const frame = frameOf(s);
+    for (const chart of [...stat, heat]) scheduler.push(chart.id, { stats: s, frame });
+    if (frame.boundaries.length || performance.now() - evalFrameAt > EVAL_FRAME_MS) {
+      evalFrameAt = performance.now();
+      for (const chart of evals) scheduler.push(chart.id, { frame });
+    }
     notice(statNonfinite(s));
   }
 
   function addEvals(records) {
     const fresh = freshEvals(records);
     if (!fresh.length) return;
-    for (const chart of evals) scheduler.push(chart.id, fresh);
+    for (const chart of [...evals, ...passes]) scheduler.push(chart.id, { evals: fresh });
     notice(evalNonfinite(fresh));
   }
 
-  return { addStats, addEvals, drawn: scheduler.drawn, stop: scheduler.stop };
+  const remark = () => {
+    const marks = ctx.marks();
+    charts.forEach((c) => c.setMarks(marks));
+  };
+
+  // warnings ({id, kind, severity, step, message}): marked on every chart on the step axis
+  function addWarnings(list) {
+    const fresh = list.filter((w) => !view.warnings.has(w.id));
+    if (!fresh.length) return;
+    fresh.forEach((w) => view.warnings.set(w.id, w));
+    remark();
+  }
+
+  function focusWarning(id) {
+    view.focused = id;
+    remark();
+  }
+
+  let due = new Set(); // charts whose settings changed, drawn afresh at the next frame
+  function setSettings(id, settings) {
+    const chart = byId.get(id);
+    if (!chart) return;
+    chart.pendingSettings = settings;
+    if (!due.size) requestAnimationFrame(() => {
+      for (const c of due) c.setSettings(c.pendingSettings);
+      due = new Set();
+    });
+    due.add(chart);
+  }
+
+  function setXMode(mode) {
+    view.x = mode;
+    view.zoom.reset(false); // a range in steps means nothing in epochs
+    charts.forEach((c) => c.redraw());
+  }
+
+  // drawn afresh, e.g. in the other colour scheme (one not drawn yet takes it when it is)
+  const redraw = () => charts.forEach((c) => c.redraw());
+
+  return {
+    addStats, addEvals, addWarnings, focusWarning, setSettings, setXMode, redraw, drawn: scheduler.drawn, stop: scheduler.stop,
+  };
 }

@@ -1,5 +1,6 @@
 // New-run form: a preset fills every field with its values; the data source toggles the synthetic
-// fields; a dataset can be uploaded in place, with its row and column errors shown.
+// fields; a dataset can be uploaded in place: previewed first (which columns became features and
+// which targets), stored once confirmed, with its row and column errors shown either way.
 
 import { ApiError, postForm } from "./api.js";
 
@@ -48,20 +49,96 @@ function uploadErrors(err) {
   return table;
 }
 
-async function upload() {
-  const result = document.getElementById("upload-result");
+// the columns a preview lists in full; past that, the first ones and a count
+const LISTED_COLUMNS = 40;
+
+function message(text, className = "") {
+  return Object.assign(document.createElement("p"), { className, textContent: text });
+}
+
+// the file and fields the user chose, as the upload and its preview both take them (null: no file)
+function uploadData() {
   const file = document.getElementById("upload-file").files[0];
-  if (!file) {
-    result.replaceChildren(Object.assign(document.createElement("p"), { className: "error", textContent: "Choose a file first." }));
-    return;
-  }
+  if (!file) return null;
   const data = new FormData();
   data.append("file", file);
   const name = document.getElementById("upload-name").value.trim();
   const labelColumn = document.getElementById("upload-label").value.trim();
   if (name) data.append("name", name);
   if (labelColumn) data.append("label_column", labelColumn);
-  result.textContent = "Uploading…";
+  return data;
+}
+
+function codeList(cell, names, describe = (name) => name) {
+  const shown = names.slice(0, LISTED_COLUMNS);
+  shown.forEach((name, i) => {
+    if (i) cell.append(" ");
+    cell.append(Object.assign(document.createElement("code"), { textContent: describe(name, i) }));
+  });
+  if (names.length > shown.length) cell.append(` … and ${names.length - shown.length} more`);
+}
+
+function renderPreview(d) {
+  const node = document.getElementById("upload-preview-template").content.firstElementChild.cloneNode(true);
+  const field = (name) => node.querySelector(`[data-field="${name}"]`);
+  field("filename").textContent = d.filename;
+  field("shape").textContent = `${d.rows.toLocaleString()} × ${d.n_features.toLocaleString()}`;
+  field("classes").textContent = String(d.num_classes);
+  const share = d.max_target_entropy > 0 ? Math.round((100 * d.target_entropy) / d.max_target_entropy) : 0;
+  field("entropy").textContent =
+    `${d.target_entropy.toFixed(3)} of ln ${d.num_classes} = ${d.max_target_entropy.toFixed(3)} nats (${share}% of uniform)`;
+  field("sha256").textContent = d.sha256.slice(0, 12);
+  field("sha256").title = d.sha256;
+  field("feature-count").textContent = `(${d.feature_columns.length})`;
+  codeList(node.querySelector("#preview-features"), d.feature_columns);
+  const targets = node.querySelector("#preview-targets");
+  if (d.target_kind === "label") {
+    field("target-kind").textContent = "(one label column)";
+    codeList(targets, d.target_columns);
+    const more = d.class_names.length > LISTED_COLUMNS ? ", …" : "";
+    targets.append(` with classes ${d.class_names.slice(0, LISTED_COLUMNS).join(", ")}${more}`);
+  } else {
+    field("target-kind").textContent = `(${d.target_columns.length} probability columns)`;
+    // one column per class: name each column's class beside it when an array does not hold them all
+    const perClass = d.target_columns.length === d.class_names.length;
+    codeList(targets, d.target_columns, (name, i) => (perClass ? `${name} → ${d.class_names[i]}` : name));
+  }
+  const shares = node.querySelector("#preview-shares tbody");
+  d.class_shares.slice(0, LISTED_COLUMNS).forEach((value, i) => {
+    const row = shares.insertRow();
+    row.insertCell().textContent = d.class_names[i] ?? String(i);
+    row.insertCell().textContent = value.toFixed(3);
+    const bar = Object.assign(document.createElement("meter"), { min: 0, max: 1, value });
+    row.insertCell().append(bar);
+  });
+  if (d.class_shares.length > LISTED_COLUMNS) {
+    shares.insertRow().insertCell().textContent = `… and ${d.class_shares.length - LISTED_COLUMNS} more classes`;
+  }
+  return node;
+}
+
+async function preview() {
+  const result = document.getElementById("upload-result");
+  const data = uploadData();
+  if (!data) {
+    result.replaceChildren(message("Choose a file first.", "error"));
+    return;
+  }
+  result.textContent = "Reading…";
+  try {
+    const d = await postForm(document.getElementById("upload").dataset.previewUrl, data);
+    result.replaceChildren(renderPreview(d));
+    document.getElementById("upload-confirm").addEventListener("click", () => store(data, d));
+    document.getElementById("upload-discard").addEventListener("click", () => result.replaceChildren());
+  } catch (err) {
+    result.replaceChildren(uploadErrors(err));
+  }
+}
+
+// stores exactly the file that was previewed (the FormData holds the same File)
+async function store(data, previewed) {
+  const actions = document.querySelector("#upload-preview .upload-confirm");
+  actions.replaceChildren(message("Storing…"));
   try {
     const d = await postForm(document.getElementById("upload").dataset.uploadUrl, data);
     const option = new Option(`#${d.id} ${d.name} — ${d.rows} rows × ${d.n_features} features, ${d.num_classes} classes (${d.target_kind})`, d.id, true, true);
@@ -70,13 +147,19 @@ async function upload() {
     useDataset.disabled = false;
     useDataset.checked = true;
     syncDataSource();
-    result.textContent = `Stored dataset #${d.id} ${d.name}; it is selected above.`;
+    document.querySelector("#upload-preview h3 .muted").textContent = `(stored as dataset #${d.id})`;
+    const changed = d.sha256 !== previewed.sha256 ? " The file changed since its preview: check the dataset." : "";
+    actions.replaceChildren(message(`Stored dataset #${d.id} ${d.name}; it is selected above.${changed}`, changed ? "error" : ""));
   } catch (err) {
-    result.replaceChildren(uploadErrors(err));
+    actions.replaceChildren(uploadErrors(err));
   }
 }
 
 presetSelect.addEventListener("change", () => fillFromPreset(presetSelect.value));
 form.addEventListener("change", (event) => { if (event.target.name === "data_source") syncDataSource(); });
-document.getElementById("upload-button").addEventListener("click", upload);
+document.getElementById("upload-button").addEventListener("click", preview);
+// a preview describes the file and label column it was made with: changing either drops it
+for (const id of ["upload-file", "upload-label"]) {
+  document.getElementById(id).addEventListener("change", () => document.getElementById("upload-result").replaceChildren());
+}
 syncDataSource();

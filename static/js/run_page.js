@@ -1,11 +1,15 @@
 // Run page: first load of the (downsampled) history, then live increments over SSE; warnings and
-// the header are re-rendered by the server (the same partials as the first page load).
+// the header are re-rendered by the server (the same partials as the first page load), and each
+// warning is marked on the charts.
 
 import { followRun, getHTML, getJSON, isTerminal, postJSON } from "./api.js";
-import { createRunCharts } from "./run_charts.js";
-import { showError } from "./plot_style.js";
+import { bindChartControls, pageSettings } from "./chart_settings.js";
+import { createChartView, createRunCharts } from "./run_charts.js";
+import { onSchemeChange, showError } from "./plot_style.js";
 
 const meta = JSON.parse(document.getElementById("chart-meta").textContent);
+const view = createChartView(pageSettings().x); // zoom, warnings and x axis, kept across redraws
+let charts = null;
 
 function swap(id, html) {
   const old = document.getElementById(id);
@@ -22,6 +26,20 @@ function knownWarningIds() {
 
 async function refreshWarnings() {
   swap("warnings", await getHTML(meta.warnings_partial_url));
+}
+
+// the warnings the page was served with (templates/runs/_warnings.html), as the API gives them
+function warningsShown() {
+  return [...document.querySelectorAll("#warnings article[data-warning-id]")].map((card) => ({
+    id: Number(card.dataset.warningId), kind: card.dataset.kind, severity: card.dataset.severity,
+    step: Number(card.dataset.step), message: card.querySelector(".message")?.textContent ?? "",
+  }));
+}
+
+function chartsWith(first) {
+  const made = createRunCharts(meta, first, view);
+  made.addWarnings(warningsShown());
+  return made;
 }
 
 let shownStatus = meta.status;
@@ -71,11 +89,11 @@ async function start() {
   try {
     [stats, evals] = await first;
   } catch (err) {
-    createRunCharts(meta);
+    charts = chartsWith({});
     throw err;
   }
   showBuckets(stats); // before the charts: it may move them
-  let charts = createRunCharts(meta, { stats, evals });
+  charts = chartsWith({ stats, evals });
   charts.drawn.then(() => {
     document.body.dataset.chartsReady = "1"; // every chart shows its first data (tests and benchmarks wait for it)
   });
@@ -97,7 +115,7 @@ async function start() {
       if (history) {
         charts.stop();
         showBuckets(history);
-        charts = createRunCharts(meta, { stats: history, evals });
+        charts = chartsWith({ stats: history, evals });
       }
       for (const s of waiting) {
         const rows = history ? rowsAfter(s, history.last_step) : s;
@@ -118,15 +136,29 @@ async function start() {
       evals.push(record);
       charts.addEvals([record]);
     },
-    warning: (w) => knownWarningIds().has(w.id) || refreshWarnings(),
+    warning: (w) => {
+      charts.addWarnings([w]);
+      if (!knownWarningIds().has(w.id)) refreshWarnings();
+    },
     status: onStatus,
   });
 }
 
+bindChartControls({
+  onChart: (id, settings) => charts?.setSettings(id, settings),
+  onPage: (settings) => charts?.setXMode(settings.x),
+});
+onSchemeChange(() => charts?.redraw());
+
 document.addEventListener("click", async (event) => {
   const apply = event.target.closest(".apply-advice");
   const cancel = event.target.closest("#cancel-button");
-  if (apply) {
+  const onChart = event.target.closest(".chart-link[data-warning-id]");
+  if (onChart) {
+    charts?.focusWarning(Number(onChart.dataset.warningId)); // the link itself scrolls to the chart
+  } else if (event.target.closest("#reset-zoom")) {
+    view.zoom.reset();
+  } else if (apply) {
     apply.disabled = true;
     try {
       const run = await postJSON(apply.dataset.url, { warning_id: Number(apply.dataset.warningId) });

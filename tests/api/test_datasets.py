@@ -1,15 +1,23 @@
-"""Dataset uploads: validated on arrival, row and column named on error, nothing kept from a bad file."""
+"""Dataset uploads: validated on arrival, row and column named on error, nothing kept from a bad file;
+previewed without being stored; described by checksum, columns and target spread, also after an upgrade."""
 
 from __future__ import annotations
 
+import hashlib
+import math
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from factories import WorkerThread, wait_until
+import pytest
+from factories import LOCAL, WorkerThread, wait_until
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 
 from app.core.config import Settings
+from app.main import create_app
+from app.storage.engine import init_db
 
 
 def _csv(rows: int = 64, broken: dict[tuple[int, str], str] | None = None) -> bytes:
@@ -120,3 +128,100 @@ def test_a_run_config_never_names_a_file(client: TestClient, settings: Settings,
     no_dataset = client.post("/api/runs", json={"config": {"data": {"kind": "table"}}})
     assert no_dataset.status_code == 422 and no_dataset.json()["detail"][0]["loc"] == ["body", "dataset_id"]
     assert client.get("/api/runs").json()["total"] == 0
+
+
+# the issue's table: three unnamed measurements and two probability columns named by their class
+ABC = [(0.9, 1.0, 2.0, 3.0), (0.5, 2.0, 3.0, 1.0), (0.2, 3.0, 1.0, 2.0), (0.7, 4.0, 0.0, 5.0)]
+
+
+def _abc_csv() -> bytes:
+    rows = [f"{a},{b},{c},{p},{1 - p:.1f}" for p, a, b, c in ABC]
+    return ("a,b,c,prob_a,prob_b\n" + "\n".join(rows) + "\n").encode()
+
+
+def _abc_expected() -> dict[str, Any]:
+    p = np.array([[p, 1 - p] for p, *_ in ABC])
+    return {
+        "format": "csv",
+        "rows": 4,
+        "n_features": 3,
+        "num_classes": 2,
+        "target_kind": "probabilities",
+        "feature_columns": ["a", "b", "c"],
+        "target_columns": ["prob_a", "prob_b"],
+        "class_names": ["a", "b"],
+        "sha256": hashlib.sha256(_abc_csv()).hexdigest(),
+        "target_entropy": pytest.approx(float(-(p * np.log(p)).sum(axis=1).mean())),
+        "max_target_entropy": pytest.approx(math.log(2)),
+        "class_shares": pytest.approx([0.575, 0.425]),
+    }
+
+
+def test_a_dataset_keeps_its_checksum_columns_and_target_spread(client: TestClient) -> None:
+    stored = client.post("/api/datasets", files={"file": ("abc.csv", _abc_csv(), "text/csv")})
+    assert stored.status_code == 201, stored.text
+    expected = _abc_expected()
+    assert {k: stored.json()[k] for k in expected} == expected
+    read = client.get(f"/api/datasets/{stored.json()['id']}").json()
+    assert {k: read[k] for k in expected} == expected
+    assert {k: client.get("/api/datasets").json()[0][k] for k in expected} == expected
+
+
+def test_a_preview_reads_the_upload_like_a_store_and_keeps_nothing(client: TestClient, settings: Settings) -> None:
+    response = client.post(
+        "/api/datasets/preview", files={"file": ("abc.csv", _abc_csv(), "text/csv")}, data={"name": "mine"}
+    )
+    assert response.status_code == 200, response.text
+    preview = response.json()
+    expected = _abc_expected()
+    assert {k: preview[k] for k in expected} == expected
+    assert (preview["name"], preview["filename"]) == ("mine", "abc.csv") and "id" not in preview
+    assert client.get("/api/datasets").json() == [] and _stored_files(settings) == []
+
+    # with the label column named, the probability columns are features: the preview says so
+    relabelled = client.post(
+        "/api/datasets/preview",
+        files={"file": ("t.csv", b"x,prob_a,kind\n1,0.5,cat\n2,0.1,dog\n3,0.7,cat\n", "text/csv")},
+        data={"label_column": "kind"},
+    ).json()
+    assert (relabelled["feature_columns"], relabelled["target_columns"]) == (["x", "prob_a"], ["kind"])
+    assert relabelled["target_kind"] == "label" and relabelled["class_shares"] == pytest.approx([2 / 3, 1 / 3])
+
+    # a broken file is refused by the preview with the same row and column errors, and leaves nothing
+    broken = _csv(broken={(7, "p2"): "abc"})
+    refused = client.post("/api/datasets/preview", files={"file": ("bad.csv", broken, "text/csv")})
+    stored = client.post("/api/datasets", files={"file": ("bad.csv", broken, "text/csv")})
+    assert refused.status_code == stored.status_code == 422
+    assert refused.json() == stored.json() and (refused.json()["detail"][0]["row"], "p2") == (7, "p2")
+    assert client.get("/api/datasets").json() == [] and _stored_files(settings) == []
+
+
+# the dataset table before checksums, columns and target statistics were kept
+OLD_DATASET_SCHEMA = """
+CREATE TABLE dataset (id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(200) NOT NULL, filename VARCHAR NOT NULL,
+    format VARCHAR NOT NULL, rows INTEGER NOT NULL, n_features INTEGER NOT NULL, num_classes INTEGER NOT NULL,
+    target_kind VARCHAR NOT NULL, label_column VARCHAR, path VARCHAR NOT NULL, created_at DATETIME NOT NULL);
+"""
+
+
+def test_an_old_database_gains_the_dataset_columns_and_keeps_its_datasets(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_DATASET_SCHEMA)
+        conn.execute(
+            "INSERT INTO dataset VALUES (1, 'old', 'old.csv', 'csv', 64, 3, 3, 'probabilities', NULL,"
+            " '/nowhere/old.csv', '2024-05-01 10:00:00.000000')"
+        )
+    settings = Settings(database_url=f"sqlite:///{path}", data_dir=tmp_path / "data", workers=0)
+    app = create_app(settings)
+    columns = {c["name"] for c in inspect(app.state.engine).get_columns("dataset")}
+    new = {"sha256", "target_entropy", "feature_columns", "target_columns", "class_names", "class_shares"}
+    assert columns >= new
+    with TestClient(app, base_url=LOCAL) as client:
+        old = client.get("/api/datasets/1").json()
+        assert (old["name"], old["rows"], old["n_features"]) == ("old", 64, 3)
+        assert {k: old[k] for k in new} == dict.fromkeys(new)  # not recorded then: null, not made up
+        assert old["max_target_entropy"] == pytest.approx(math.log(3))
+        stored = client.post("/api/datasets", files={"file": ("abc.csv", _abc_csv(), "text/csv")}).json()
+        assert stored["id"] == 2 and stored["sha256"] == _abc_expected()["sha256"]
+    assert init_db(app.state.engine) == []  # a second start has nothing left to add

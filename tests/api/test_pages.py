@@ -169,7 +169,7 @@ def test_run_page_has_header_charts_config_and_no_inline_script(client: TestClie
     assert header.find(class_="badge").text == "queued"
     assert header.find(id="cancel-button").attrs["data-cancel-url"].endswith(f"/api/runs/{run['id']}/cancel")
     charts = {el.attrs["id"] for el in doc.by_id("charts").find_all("div", class_="chart")}
-    assert len(charts) == 8
+    assert len(charts) == 14
     meta = json_block(doc, "chart-meta")
     assert meta["min_entropy"] == preset("collapse-prone").min_entropy and meta["max_grad_norm"] is None
     assert "max_points=2000" in meta["stats_url"] and meta["events_url"].endswith(f"/api/runs/{run['id']}/events")

@@ -89,6 +89,15 @@ def test_collapse_run_live_charts_advice_and_compare(page: sync_api.Page) -> Non
     child_id = int(page.url.rsplit("/", 1)[1])
     assert page.locator("#run-header .facts a").first.inner_text() == f"#{run_id}"
     assert page.locator("#parent-diff tbody tr").count() >= 1, "the change from the parent is listed"
+    assert page.locator("#lineage").inner_text().startswith(f"Lineage: #{run_id} → #{child_id} (this run)")
+    # back on the parent, the advice says where it went and is not offered again
+    page.go_back()
+    page.wait_for_url(re.compile(rf"/runs/{run_id}$"))
+    applied = page.locator("#warnings .applied a", has_text=f"#{child_id}")
+    applied.first.wait_for(timeout=10_000)
+    warning_id = applied.first.locator("xpath=ancestor::article").get_attribute("data-warning-id")
+    assert page.locator(f"#warnings .apply-advice[data-warning-id='{warning_id}']").count() == 0
+    page.screenshot(path=OUTPUT / "run_page_applied.png", full_page=True)
 
     # both runs are in the list, the child with its parent link; its status follows the run live
     page.goto("/")

@@ -197,8 +197,17 @@ def test_prefixed_probability_columns_name_the_classes(tmp_path):
         "num_classes": 2,
         "target_kind": "probabilities",
         "feature_columns": ["a", "b"],
+        "target_columns": ["prob_cat", "prob_dog"],
         "class_names": ["cat", "dog"],
+        # the mean of each row's entropy in nats, and the mean target of each class
+        "target_entropy": pytest.approx(np.mean([_h(0.9), _h(0.4), _h(0.5)])),
+        "class_shares": pytest.approx([0.6, 0.4]),
     }
+
+
+def _h(p: float) -> float:
+    """The entropy of the two-class target [p, 1 - p], in nats."""
+    return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
 
 
 def test_npz_with_labels_and_with_probabilities(tmp_path):
@@ -210,7 +219,8 @@ def test_npz_with_labels_and_with_probabilities(tmp_path):
     assert data.feature_names == ["x0", "x1"]
     p = np.column_stack([np.arange(6) / 10, 1 - np.arange(6) / 10])  # row i: [i/10, 1 - i/10]
     np.savez(tmp_path / "p.npz", x=x, p=p)
-    assert read_table_summary(tmp_path / "p.npz")["target_kind"] == "probabilities"
+    summary = read_table_summary(tmp_path / "p.npz")
+    assert (summary["target_kind"], summary["target_columns"]) == ("probabilities", ["p"])
     xs, ts = _raw_rows(load_table(tmp_path / "p.npz"))
     for row, target in zip(xs, ts, strict=True):
         np.testing.assert_allclose(target, p[round(row[0])], atol=1e-6)

@@ -1,4 +1,4 @@
-"""Upload (validated, row and column named on error) and list user datasets."""
+"""Upload (validated, row and column named on error), preview (read, not stored) and list user datasets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from app.api.deps import DatasetId, SessionDep, SettingsDep
 from app.budgets import Limits
 from app.errors import responses
 from app.storage import crud
-from app.storage.models import Dataset, DatasetPublic
+from app.storage.models import Dataset, DatasetPreview, DatasetPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=responses(400, 401))
 
@@ -27,6 +27,25 @@ def upload_dataset(
 ) -> Dataset:
     return crud.create_dataset(
         session=session,
+        data_dir=settings.data_dir,
+        upload=file.file,
+        filename=file.filename or "upload",
+        name=name,
+        label_column=label_column,
+        limits=Limits.from_settings(settings),
+    )
+
+
+@router.post("/preview", response_model=DatasetPreview, responses=responses(403, 413))
+def preview_dataset(
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="the table to read, exactly as POST /api/datasets would")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    label_column: Annotated[str | None, Form()] = None,
+) -> DatasetPreview:
+    """How the table would be read (feature and target columns, rows, classes, target entropy and class
+    shares), with the same errors as an upload; nothing is stored."""
+    return crud.preview_dataset(
         data_dir=settings.data_dir,
         upload=file.file,
         filename=file.filename or "upload",

@@ -1,16 +1,30 @@
-"""Runs: queue, list, read, statistics, evaluations, warnings, cancel, delete, apply advice."""
+"""Runs: queue, list, read, label, statistics (JSON and CSV), evaluations, warnings, cancel, delete, apply advice."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlmodel import Session
 
-from app.api.deps import Offset, RunId, SessionDep, SettingsDep, SinceStep
+from app.api.deps import EngineDep, Offset, RunId, SessionDep, SettingsDep, SinceStep
 from app.budgets import Limits
 from app.errors import InputError, responses
 from app.storage import crud
-from app.storage.models import ApplyAdvice, EvalPublic, RunCreate, RunPublic, RunsPage, StatsPublic, WarningPublic
+from app.storage.export import stats_csv
+from app.storage.listing import RunSort
+from app.storage.models import (
+    MAX_TAG_LENGTH,
+    ApplyAdvice,
+    EvalPublic,
+    RunCreate,
+    RunPublic,
+    RunsPage,
+    RunUpdate,
+    StatsPublic,
+    WarningPublic,
+)
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=responses(400, 401))
 
@@ -21,10 +35,19 @@ RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "di
 def list_runs(
     session: SessionDep,
     status: RunStatus | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="part of a name, tag or notes, any case")] = None,
+    tag: Annotated[str | None, Query(max_length=MAX_TAG_LENGTH, description="runs with exactly this tag")] = None,
+    sort: Annotated[
+        RunSort, Query(description="val_loss..kl: the last evaluation; entropy..top_share: the latest batch")
+    ] = "created",
+    order: Literal["asc", "desc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Offset = 0,
 ) -> RunsPage:
-    return crud.list_runs(session=session, status=status, limit=limit, offset=offset)
+    """Runs matching every filter given, sorted (runs without the sorted value last, ties newest first)."""
+    return crud.list_runs(
+        session=session, status=status, q=q, tag=tag, sort=sort, order=order, limit=limit, offset=offset
+    )
 
 
 @router.post("", response_model=RunPublic, status_code=201, responses=responses(403, 413))
@@ -36,6 +59,29 @@ def create_run(session: SessionDep, settings: SettingsDep, run_in: RunCreate) ->
 @router.get("/{run_id}", response_model=RunPublic, responses=responses(404))
 def read_run(session: SessionDep, run_id: RunId) -> RunPublic:
     return crud.run_public(session=session, run=crud.get_run(session=session, run_id=run_id))
+
+
+@router.patch("/{run_id}", response_model=RunPublic, responses=responses(403, 404))
+def update_run(session: SessionDep, run_id: RunId, changes: RunUpdate) -> RunPublic:
+    """Rename a run, or replace its tags or notes; fields left out stay as they are."""
+    run = crud.update_run(session=session, run_id=run_id, changes=changes)
+    return crud.run_public(session=session, run=run)
+
+
+@router.get(
+    "/{run_id}/stats.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "step, epoch, every statistic, class shares"}}
+    | responses(404),
+)
+def export_run_stats(engine: EngineDep, run_id: RunId) -> StreamingResponse:
+    """Every recorded batch of the run, one line each, streamed as it is read: a recorded NaN is `NaN`,
+    infinities `inf`, a statistic the batch did not record an empty cell."""
+    with Session(engine) as session:  # closed at once: no transaction stays open while the file streams
+        num_classes = crud.get_run(session=session, run_id=run_id).num_classes
+    headers = {"Content-Disposition": f'attachment; filename="run-{run_id}-stats.csv"'}
+    rows = stats_csv(engine, run_id, num_classes)
+    return StreamingResponse(rows, media_type="text/csv; charset=utf-8", headers=headers)
 
 
 RAW_PAGE_ROWS = 10_000  # rows per answer without max_points, unless `limit` says otherwise
@@ -120,7 +166,17 @@ def delete_run(session: SessionDep, run_id: RunId) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/{run_id}/apply-advice", response_model=RunPublic, status_code=201, responses=responses(403, 404, 413))
-def apply_advice(session: SessionDep, run_id: RunId, body: ApplyAdvice) -> RunPublic:
-    run = crud.apply_advice(session=session, run_id=run_id, warning_id=body.warning_id)
+@router.post(
+    "/{run_id}/apply-advice",
+    response_model=RunPublic,
+    status_code=201,
+    responses={200: {"description": "This advice was already applied: the run it made", "model": RunPublic}}
+    | responses(403, 404, 413),
+)
+def apply_advice(session: SessionDep, run_id: RunId, body: ApplyAdvice, response: Response) -> RunPublic:
+    """Queue the child run a warning's advice describes (201); advice already applied to this run, by this
+    warning or another with the same changes, answers 200 with the child it made."""
+    run, created = crud.apply_advice(session=session, run_id=run_id, warning_id=body.warning_id)
+    if not created:
+        response.status_code = 200
     return crud.run_public(session=session, run=run)
