@@ -25,6 +25,7 @@ class FieldGroup:
     note: str
     fields: tuple[FormField, ...]
     synthetic_only: bool = False  # hidden and ignored when an uploaded dataset is chosen
+    advanced: bool = False  # folded away: how statistics are recorded and handed on, not what is trained
 
 
 F = FormField
@@ -99,16 +100,18 @@ FIELD_GROUPS: tuple[FieldGroup, ...] = (
           "How often the biased annotator votes for its favourite class."),
         F("data.seed", "Data seed", "int", "[0, 4294967295]", "Seeds the generator."),
     ), synthetic_only=True),
-    FieldGroup("Split and monitoring",
-               "How much is held out, and how often statistics are recorded and handed on.", (
+    FieldGroup("Evaluation", "How much is held out, and how often it is evaluated.", (
         F("data.val_fraction", "Validation fraction", "float", "(0, 0.9]", "Share of rows held out for evaluation."),
         F("eval_interval", "Eval interval", "int", "[0, 10000000] batches",
           "Batches between evaluations; 0 = at the end of each epoch."),
+    )),
+    FieldGroup("Advanced: recording",
+               "How often statistics are recorded and handed to the database; the defaults suit almost every run.", (
         F("stats_interval", "Stats interval", "int", "[1, 1000000]", "Record statistics every N batches."),
         F("flush_batches", "Flush every N batches", "int", "[1, 100000]",
           "Hand statistics to the database at least every N recorded batches…"),
         F("flush_seconds", "… or every S seconds", "float", "[0, 3600] s", "…or when this much time has passed."),
-    )),
+    ), advanced=True),
 )
 # fmt: on
 

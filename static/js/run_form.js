@@ -155,7 +155,78 @@ async function store(data, previewed) {
   }
 }
 
-presetSelect.addEventListener("change", () => fillFromPreset(presetSelect.value));
+// --- edits against the preset: marked per field, counted at the top, and a preset switch asks first ---
+function inputsOf(field) {
+  const input = form.elements.namedItem(field);
+  if (!input) return [];
+  return (input instanceof RadioNodeList ? [...input] : [input]).filter((el) => el.type !== "hidden");
+}
+
+function currentValue(el) {
+  return el.type === "checkbox" ? el.checked : el.value.trim();
+}
+
+function presetValue(el, value) {
+  return el.type === "checkbox" ? Boolean(value) : String(value ?? "").trim();
+}
+
+// fields whose value is not the preset's: [field, preset value as text]
+function edits(name) {
+  const out = [];
+  for (const [field, value] of Object.entries(presetValues[name] ?? {})) {
+    for (const el of inputsOf(field)) {
+      if (currentValue(el) !== presetValue(el, value)) out.push([field, el.type === "checkbox" ? (value ? "on" : "off") : String(value ?? "")]);
+    }
+  }
+  return out;
+}
+
+function markEdits() {
+  const changed = new Map(edits(shownPreset));
+  for (const field of Object.keys(presetValues[shownPreset] ?? {})) {
+    const box = inputsOf(field)[0]?.closest(".field");
+    if (!box) continue;
+    box.classList.toggle("differs", changed.has(field));
+    let note = box.querySelector(".differs-note");
+    if (changed.has(field)) {
+      if (!note) {
+        note = Object.assign(document.createElement("p"), { className: "differs-note" });
+        box.querySelector("label").after(note);
+      }
+      const was = changed.get(field);
+      note.textContent = `changed from ${shownPreset}'s ${was === "" ? "empty" : was}`;
+    } else if (note) {
+      note.remove();
+    }
+  }
+  const n = changed.size;
+  document.getElementById("preset-diff-count").textContent = n ? `${n} field${n > 1 ? "s" : ""} differ from ${shownPreset}` : "";
+}
+
+let shownPreset = presetSelect.value;
+presetSelect.addEventListener("change", () => {
+  const lost = edits(shownPreset);
+  if (lost.length) {
+    const names = lost.map(([field]) => field).join(", ");
+    if (!window.confirm(`Switch to ${presetSelect.value}? It replaces your ${lost.length} edit${lost.length > 1 ? "s" : ""} (${names}).`)) {
+      presetSelect.value = shownPreset;
+      return;
+    }
+  }
+  shownPreset = presetSelect.value;
+  fillFromPreset(shownPreset);
+  markEdits();
+});
+form.addEventListener("input", markEdits);
+form.addEventListener("change", markEdits);
+markEdits();
+
+// Enter in a text field does not send the form: only the Queue run buttons do
+form.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && event.target instanceof HTMLInputElement && event.target.type !== "submit") {
+    event.preventDefault();
+  }
+});
 form.addEventListener("change", (event) => { if (event.target.name === "data_source") syncDataSource(); });
 document.getElementById("upload-button").addEventListener("click", preview);
 // a preview describes the file and label column it was made with: changing either drops it
