@@ -45,7 +45,7 @@ def test_collapse_run_live_charts_advice_and_compare(page: sync_api.Page) -> Non
     assert page.input_value("#max_grad_norm") == "", "collapse-prone has clipping off"
     page.fill("#name", "browser collapse")
     page.fill("#epochs", EPOCHS)
-    page.get_by_role("button", name="Queue run").click()
+    page.locator("#run-form").get_by_role("button", name="Queue run").click()
     page.wait_for_url(re.compile(r"/runs/\d+$"))
     run_id = int(page.url.rsplit("/", 1)[1])
     page.evaluate("() => { window.__sameDocument = true; }")  # gone if anything reloads the page

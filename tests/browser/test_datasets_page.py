@@ -56,7 +56,7 @@ def test_an_upload_is_previewed_confirmed_and_shown_on_its_run(page: sync_api.Pa
     page.fill("#min_entropy", "0.5")  # the preset's 1.5 nats are more than ln 2
     page.fill("#epochs", "2")
     page.fill("#hidden_sizes", "8")
-    page.get_by_role("button", name="Queue run").click()
+    page.locator("#run-form").get_by_role("button", name="Queue run").click()
     page.wait_for_url(re.compile(r"/runs/\d+$"))
     header = page.locator("#run-dataset")
     assert header.locator("a").inner_text() == f"#{stored['id']} abc"
