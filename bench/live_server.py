@@ -35,7 +35,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen[bytes], seconds: float = 90.0) -> None:
+def wait_healthy(base: str, proc: subprocess.Popen[bytes], seconds: float = 90.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -87,7 +87,7 @@ def serve(db: Path, log: Path, workers: int, tree: Path = ROOT) -> Iterator[Serv
         proc = subprocess.Popen(command, cwd=tree, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(base, proc)
+            wait_healthy(base, proc)
             yield Server(base, proc.pid)
         finally:
             os.killpg(proc.pid, signal.SIGINT)

@@ -5,41 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS, OUTPUT, ROOT, sync_api
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(base: str, server: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{base}/api/health did not answer within {seconds} s")
+from bench.live_server import free_port, wait_healthy
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("dashboard")
-    port = _free_port()
+    port = free_port()
     log = (tmp / "server.log").open("w")
     command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--database-url",
                f"sqlite:///{tmp / 'cw.db'}", "--workers", "1", "--data-dir", str(tmp / "data")]  # fmt: skip
@@ -47,7 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, proc)
+        wait_healthy(base, proc, seconds=60)
         yield base
     finally:
         os.killpg(proc.pid, signal.SIGINT)
