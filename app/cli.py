@@ -249,7 +249,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: '<preset> #<id>')")
     p.add_argument("--wait", action="store_true", help="print progress and warnings; exit 0 only if it completed")
     p.set_defaults(func=submit)
+
+    p = commands.add_parser("sync", help="upload runs kept on disk (offline, or spooled while the server was away)")
+    p.add_argument("directory", type=Path, help="a run's directory, or one holding several (e.g. ./collapsewatch)")
+    p.add_argument("--server", help="default http://127.0.0.1:8000 (COLLAPSEWATCH_SERVER)")
+    p.add_argument("--token", help="the server's token, if it has one (COLLAPSEWATCH_TOKEN)")
+    p.add_argument("--timeout", type=float, default=60.0, help="give a run up after this many seconds unanswered")
+    p.set_defaults(func=sync)
     return parser
+
+
+def sync(args: argparse.Namespace) -> int:
+    """Upload every run kept under the directory; 0 when all of them reached the server."""
+    from collapsewatch.sync import sync as upload
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        results = upload(args.directory, server=args.server, token=args.token, timeout=args.timeout)
+    except ValueError as exc:
+        print(f"collapsewatch sync: {exc}", file=sys.stderr)
+        return 2
+    if not results:
+        print(f"collapsewatch sync: {args.directory} holds no run (no run.json in it or its folders)", file=sys.stderr)
+        return 2
+    for result in results:
+        print(result.line(), file=sys.stderr if result.error else sys.stdout)
+    return 1 if any(r.error for r in results) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from collapsewatch.run import CollapseDetected, Run
@@ -34,6 +35,9 @@ def init(
     *,
     server: str | None = None,
     database_url: str | None = None,
+    mode: str = "online",
+    dir: str | os.PathLike[str] | None = None,
+    spool: bool = True,
     num_classes: int | None = None,
     steps_per_epoch: int | None = None,
     stop_on: str | None = None,
@@ -48,7 +52,11 @@ def init(
     """Start a run of your own loop on the server at `server` (default $COLLAPSEWATCH_SERVER, else
     http://127.0.0.1:8000; `token` defaults to $COLLAPSEWATCH_TOKEN), or straight into the database at
     `database_url`. Returns at once in server mode: the run is created in the background, and an
-    unreachable server never blocks or breaks the loop.
+    unreachable server never blocks or breaks the loop: every record is also kept on disk under `dir`
+    (default $COLLAPSEWATCH_SPOOL, else ~/.cache/collapsewatch/spool; `spool=False`: memory only) until the
+    server has it, and what a dead server or a killed process left there `collapsewatch sync DIR` uploads.
+    `mode="offline"` sends nothing: the run is written under `dir` (default $COLLAPSEWATCH_DIR, else
+    ./collapsewatch) for `collapsewatch sync` to upload later.
 
     `config` is stored with the run; its keys that the built-in trainer knows (temperature,
     label_smoothing, deploy_temperature, max_grad_norm, lr, ...) also tell the detector how the loop
@@ -60,6 +68,10 @@ def init(
     """
     if server is not None and database_url is not None:
         raise ValueError("pass either server= or database_url=, not both")
+    if mode not in ("online", "offline"):
+        raise ValueError(f'mode must be "online" or "offline", got {mode!r}')
+    if mode == "offline" and (server is not None or database_url is not None):
+        raise ValueError('mode="offline" sends nothing: pass no server= or database_url= (sync later)')
     if stop_on not in (None, "warning", "critical"):
         raise ValueError(f'stop_on must be None, "warning" or "critical", got {stop_on!r}')
     if not 1 <= flush_batches <= 1024:
@@ -78,15 +90,22 @@ def init(
 
         transport = DatabaseTransport(database_url, create, heartbeat_seconds=heartbeat_seconds)
     else:
-        from collapsewatch.transport import HttpTransport
+        from collapsewatch.transport import HttpTransport, Spooler, open_spool
 
-        transport = HttpTransport(
-            server or os.environ.get("COLLAPSEWATCH_SERVER") or DEFAULT_SERVER,
-            create,
-            token=token if token is not None else os.environ.get("COLLAPSEWATCH_TOKEN"),
-            max_pending_batches=max_pending_batches,
-            heartbeat_seconds=heartbeat_seconds,
-        )
+        root = Path(dir) if dir is not None else None
+        offline = mode == "offline"
+        kept = open_spool(root, create, offline) if (spool or offline) else None
+        if offline:
+            transport = Spooler(kept, max_pending_batches=max_pending_batches)
+        else:
+            transport = HttpTransport(
+                server or os.environ.get("COLLAPSEWATCH_SERVER") or DEFAULT_SERVER,
+                kept.create if kept else create,
+                token=token if token is not None else os.environ.get("COLLAPSEWATCH_TOKEN"),
+                spool=kept,
+                max_pending_batches=max_pending_batches,
+                heartbeat_seconds=heartbeat_seconds,
+            )
     return Run(
         name=name,
         config=config,

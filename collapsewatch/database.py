@@ -34,7 +34,7 @@ class DatabaseTransport:
         init_db(self.engine)
         client = create.get("client") or f"{socket.gethostname()}:{os.getpid()}"
         with Session(self.engine) as session:
-            run = create_external_run(session=session, run_in=ExternalRunCreate(**jsonable(create)), client=client)
+            run, _ = create_external_run(session=session, run_in=ExternalRunCreate(**jsonable(create)), client=client)
             self.run_id: int | None = run.id
             self.worker = str(run.worker)
         self._config = dict(run.config)

@@ -20,6 +20,15 @@ LOCAL = "http://127.0.0.1"  # the server answers to its loopback names only (app
 PG_URL = os.environ.get("COLLAPSEWATCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True)
+def client_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the client library keeps a live run's records until the server has them: the test's own
+    folder, never the user's ~/.cache (a subprocess started by a test inherits it)."""
+    spool = tmp_path / "client-spool"
+    monkeypatch.setenv("COLLAPSEWATCH_SPOOL", str(spool))
+    return spool
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(

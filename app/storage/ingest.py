@@ -11,10 +11,12 @@ was only unreachable is taken back by the client's next request, as a worker's i
 from __future__ import annotations
 
 import json
+from datetime import UTC, timedelta
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from app.errors import Conflict, InputError, NotFound
@@ -39,36 +41,58 @@ from app.storage.writes import eval_values, resume_rollup, warning_values, write
 from app.worker.claim import LOST_PREFIX, db_now, reclaim_run
 from trainer import BATCH_COLUMNS, EVAL_METRICS, Advice, BatchChunk, CollapseWarning, EvalRecord
 
+CLOCK_SLACK = timedelta(minutes=5)  # a client's clock ahead of the server's by up to this is not refused
 EXTERNAL_PRESET = "external"  # what the runs list and the run page show as an external run's preset
 
 
-def create_external_run(*, session: Session, run_in: ExternalRunCreate, client: str) -> Run:
-    """A running external run, its heartbeat stamped now; `client` names the process that logs it."""
+def create_external_run(*, session: Session, run_in: ExternalRunCreate, client: str) -> tuple[Run, bool]:
+    """A running external run, its heartbeat stamped now; `client` names the process that logs it.
+    (the run, whether it is new): a create repeated with a `client_key` already stored returns that run."""
     _refuse_control_characters(["body", "name"], run_in.name, "a run's name")
     _refuse_control_characters(["body", "client"], client, "the client's name")
     config = to_json_safe(run_in.config)
     if len(json.dumps(config)) > MAX_CONFIG_BYTES:
         raise InputError.at(["body", "config"], f"is larger than {MAX_CONFIG_BYTES:,} bytes of JSON")
+    if run_in.client_key is not None and (held := _by_key(session, run_in.client_key)) is not None:
+        return held, False
+    now = utcnow()
+    started = run_in.started_at
+    if started is not None:
+        started = started if started.tzinfo else started.replace(tzinfo=UTC)
+        if started > now + CLOCK_SLACK:
+            raise InputError.at(["body", "started_at"], f"is {started.isoformat()}, later than the server's clock")
     run = Run(
         name=run_in.name or "",
         preset=EXTERNAL_PRESET,
         status="running",
         external=True,
+        client_key=run_in.client_key,
         worker=f"external:{client}",
         config=config,
         num_classes=run_in.num_classes or 0,  # 0 until the first chunk says
-        started_at=utcnow(),
+        started_at=started or now,
         info={"steps_per_epoch": run_in.steps_per_epoch} if run_in.steps_per_epoch else None,
     )
     session.add(run)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # the same key created meanwhile by a concurrent request
+        session.rollback()
+        held = _by_key(session, run_in.client_key or "")
+        if held is None:
+            raise
+        return held, False
     values: dict[str, Any] = {"heartbeat_at": db_now(session.connection())}  # the reaper reads the database's clock
     if not run.name:
         values["name"] = f"external #{run.id}"
     session.exec(update(Run).where(col(Run.id) == run.id).values(**values))
     session.commit()
     session.refresh(run)
-    return run
+    return run, True
+
+
+def _by_key(session: Session, key: str) -> Run | None:
+    return session.exec(select(Run).where(col(Run.client_key) == key)).scalars().first()
 
 
 def _open(conn: Connection, run_id: int) -> Row[Any]:

@@ -6,9 +6,10 @@ non-finite numbers are the strings "NaN", "Infinity" and "-Infinity", as everywh
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Strict
+from pydantic import Strict, StringConstraints
 from sqlmodel import Field, SQLModel
 
 from app.storage.chunks import CHUNK_ROWS
@@ -19,6 +20,9 @@ Number = Annotated[float, Strict()] | Literal["NaN", "Infinity", "-Infinity"]
 Share = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
 Step = Annotated[int, Strict(), Field(ge=0, le=MAX_STEP)]
 Epoch = Annotated[int, Strict(), Field(ge=0, le=2**31 - 1)]
+# SQLModel's Field(regex=...) checks nothing under pydantic 2: patterns go in the type
+Kind = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+ClientKey = Annotated[str, StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 MAX_CONFIG_BYTES = 65_536  # a user's config is stored as given: bounded, as its JSON
 
 
@@ -34,6 +38,14 @@ class ExternalRunCreate(RequestBody):
         default=None,
         max_length=120,
         description='"<host>:<pid>" of the logging process; its worker is shown as "external:<client>"',
+    )
+    client_key: ClientKey | None = Field(
+        default=None,
+        description="the client's own name for the run: a create repeated with the same key answers 200 with "
+        "the run it created before (how `collapsewatch sync` resumes an upload without storing it twice)",
+    )
+    started_at: datetime | None = Field(
+        default=None, description="when the loop started (an offline run synced later); default: now"
     )
 
 
@@ -79,7 +91,7 @@ class AdviceIn(RequestBody):
 class WarningIn(RequestBody):
     """A warning the client's detector raised (trainer.detector.CollapseDetector, run client side)."""
 
-    kind: str = Field(min_length=1, max_length=64, regex=r"^[a-z][a-z0-9_]*$")
+    kind: Kind
     severity: Literal["info", "warning", "critical"]
     step: Step
     message: str = Field(max_length=2000)

@@ -80,6 +80,8 @@ class Run(RunBase, table=True):
     # logged by a user's own loop through the client library (collapsewatch/, POST /api/ingest/runs): created
     # running, never queued, so no worker claims it; its client heartbeats like a worker
     external: bool = False
+    # an external run's key chosen by its client (ExternalRunCreate.client_key): one run per key
+    client_key: str | None = Field(default=None, max_length=64, unique=True, index=True)
     cancel_requested: bool = False
     error: str | None = Field(default=None, sa_type=Text)
     # what the sink could not store after retrying (app/worker/sink.py), e.g. "50 batches (steps 400-449) ..."

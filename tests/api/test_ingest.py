@@ -329,3 +329,40 @@ def test_an_external_run_streams_and_compares_like_a_workers_run(client: TestCli
     worker_run = add_run(engine)
     page = client.get(f"/compare?ids={run_id},{worker_run}")
     assert page.status_code == 200 and "my loop" in page.text
+
+
+def test_a_create_repeated_with_its_client_key_answers_the_same_run(any_db: TestClient) -> None:
+    key = "0123456789abcdef0123456789abcdef"
+    first = _create(any_db, client_key=key, started_at="2026-01-02T03:04:05Z")
+    assert first["started_at"].startswith("2026-01-02T03:04:05")
+    again = any_db.post(INGEST, json={"name": "renamed", "client_key": key})
+    assert again.status_code == 200 and again.json()["id"] == first["id"] and again.json()["name"] == "my loop"
+    assert any_db.post(f"{INGEST}/{first['id']}/finish", json={"status": "completed"}).status_code == 200
+    ended = any_db.post(INGEST, json={"client_key": key})
+    assert (ended.status_code, ended.json()["status"]) == (200, "completed"), "an ended run is answered as it is"
+    other = _create(any_db, client_key=key[::-1])
+    assert other["id"] != first["id"]
+    assert len(any_db.get("/api/runs").json()["items"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("client_key", "short", "at least 8"),
+        ("client_key", "has spaces in it", "pattern"),
+        ("started_at", "2999-01-01T00:00:00Z", "later than the server's clock"),
+    ],
+)
+def test_a_bad_client_key_or_start_is_a_422_naming_it(client: TestClient, field: str, value: str, says: str) -> None:
+    response = client.post(INGEST, json={field: value})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"][-1] == field and says in error["msg"]
+    assert client.get("/api/runs").json()["items"] == []
+
+
+def test_a_warning_kind_that_is_no_identifier_is_a_422(client: TestClient) -> None:
+    run = _create(client)
+    response = client.post(f"{INGEST}/{run['id']}/warnings", json={**_warning(), "kind": "Drop Table"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "kind"
+    assert client.get(f"/api/runs/{run['id']}/warnings").json() == []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
 import os
 import socket
@@ -263,10 +264,14 @@ def test_an_unreachable_server_never_slows_the_loop(tmp_path: Path) -> None:
         hung.close()
 
 
-def test_a_server_that_comes_back_gets_what_waited_and_hears_what_was_dropped(app: FastAPI) -> None:
+def _refused_port() -> int:
     with socket.socket() as probe:  # a free port, with nothing on it yet: connections are refused
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+def test_a_server_that_comes_back_gets_everything_the_spool_kept(app: FastAPI, client_spool: Path) -> None:
+    port = _refused_port()
     run = cw.init(
         server=f"http://127.0.0.1:{port}", flush_batches=20, flush_seconds=60, max_pending_batches=100,
         flush_timeout=30, heartbeat_seconds=0.2,
@@ -274,7 +279,37 @@ def test_a_server_that_comes_back_gets_what_waited_and_hears_what_was_dropped(ap
     logits, labels = torch.randn(16, 4), torch.randint(0, 4, (16,))
     for step in range(300):
         run.log_batch(logits, labels, step=step)
+    (kept,) = client_spool.iterdir()
+    records = kept / "records.jsonl"
+
+    def batches_on_disk() -> int:
+        return sum(json.loads(line)["batches"] for line in records.read_bytes().splitlines())
+
+    wait_until(lambda: batches_on_disk() == 300, timeout=20, what="the 300 batches on disk")
+    assert run._transport._memory_batches <= 100, "past max_pending_batches the bodies wait on disk only"
+    server, thread, url = _serve(app, port)
+    try:
+        assert run.finish() is True and run.dropped_batches == 0
+        stored = _api(url, f"/runs/{run.id}")
+        assert (stored["steps"], stored["last_step"], stored["status"]) == (300, 299, "completed")
+        assert stored["data_lost"] is None
+        assert not kept.exists(), "once the server has everything, the safety copy is removed"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_without_a_spool_the_oldest_are_dropped_and_the_run_hears_it(app: FastAPI, client_spool: Path) -> None:
+    port = _refused_port()
+    run = cw.init(
+        server=f"http://127.0.0.1:{port}", flush_batches=20, flush_seconds=60, max_pending_batches=100,
+        flush_timeout=30, heartbeat_seconds=0.2, spool=False,
+    )  # fmt: skip
+    logits, labels = torch.randn(16, 4), torch.randint(0, 4, (16,))
+    for step in range(300):
+        run.log_batch(logits, labels, step=step)
     wait_until(lambda: run.dropped_batches >= 200, timeout=20, what="the bounded buffer to drop the oldest")
+    assert not client_spool.exists()
     server, thread, url = _serve(app, port)
     try:
         assert run.finish() is True

@@ -34,12 +34,22 @@ def _repeat(what: str) -> dict[int | str, dict[str, Any]]:
     return {200: {"model": StoredPublic, "description": f"this {what} is already stored: not stored again"}} | _WRITE
 
 
-@router.post("", response_model=RunPublic, status_code=201)
-def create_external_run(request: Request, session: SessionDep, run_in: ExternalRunCreate) -> RunPublic:
+@router.post(
+    "",
+    response_model=RunPublic,
+    status_code=201,
+    responses={200: {"model": RunPublic, "description": "a run with this client_key exists: it is returned"}},
+)
+def create_external_run(
+    request: Request, session: SessionDep, run_in: ExternalRunCreate, response: Response
+) -> RunPublic:
     """An external run, `running` from now on and never claimed by a worker. Heartbeat (or send anything)
-    at least every `stale_after_seconds` (15 s by default), or it is marked failed as "worker lost"."""
+    at least every `stale_after_seconds` (15 s by default), or it is marked failed as "worker lost".
+    With a `client_key` already used, the run created with it is answered (200), whatever its state."""
     client = run_in.client or (request.client.host if request.client else "unknown")
-    run = ingest.create_external_run(session=session, run_in=run_in, client=client)
+    run, created = ingest.create_external_run(session=session, run_in=run_in, client=client)
+    if not created:
+        response.status_code = 200
     return crud.run_public(session=session, run=run)
 
 
