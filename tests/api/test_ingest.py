@@ -366,3 +366,16 @@ def test_a_warning_kind_that_is_no_identifier_is_a_422(client: TestClient) -> No
     response = client.post(f"{INGEST}/{run['id']}/warnings", json={**_warning(), "kind": "Drop Table"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "kind"
     assert client.get(f"/api/runs/{run['id']}/warnings").json() == []
+
+
+def test_an_external_runs_advice_is_a_config_change_to_make_not_a_button(client: TestClient) -> None:
+    run = _create(client, config={"lr": 0.3, "arch": "resnet"})
+    advice = {"message": "Lower the lr and clip", "overrides": {"lr": 0.09, "max_grad_norm": 1.0}}
+    assert client.post(f"{INGEST}/{run['id']}/warnings", json={**_warning(), "advice": advice}).status_code == 201
+    page = parse_html(client.get(f"/runs/{run['id']}").text)
+    (table,) = page.find_all("table", class_="config-change")
+    rows = [[cell.text.strip() for cell in tr.find_all() if cell.tag in ("th", "td")] for tr in table.find_all("tr")]
+    assert rows[1:] == [["lr", "0.3", "0.09"], ["max_grad_norm", "not in your config", "1.0"]]
+    assert page.find_all("button", class_="apply-advice") == [], "the worker cannot rerun a user's own loop"
+    (snippet,) = page.find_all("pre", class_="config-snippet")
+    assert json.loads(snippet.text.strip().removeprefix("config.update(").removesuffix(")")) == advice["overrides"]
