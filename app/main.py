@@ -34,6 +34,7 @@ from app.storage.engine import init_db, make_engine
 from app.storage.feed import FeedHub
 from app.timing import ServerTimingMiddleware
 from app.worker.claim import confirm_window, reap_stale_runs
+from app.worker.doctor import treat_runs
 from app.worker.pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,16 @@ async def _reap_periodically(app: FastAPI) -> None:
         await anyio.sleep(settings.reap_interval_seconds)
 
 
+async def _treat_periodically(app: FastAPI) -> None:
+    """Doctor mode (app/worker/doctor.py): stop warned runs and queue their next attempt, once a second."""
+    while True:
+        try:
+            await anyio.to_thread.run_sync(lambda: treat_runs(app.state.engine))
+        except Exception:
+            log.exception("the doctor's pass failed")
+        await anyio.sleep(app.state.settings.doctor_interval_seconds)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Reap lost runs while serving; start and stop the worker pool that `collapsewatch serve` attached
@@ -67,6 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_reap_periodically, app)
+            tasks.start_soon(_treat_periodically, app)
             yield
             tasks.cancel_scope.cancel()
     finally:

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     stale_after_seconds: float = Field(default=15.0, gt=0)
     # how often the web server itself looks for such runs
     reap_interval_seconds: float = Field(default=5.0, gt=0)
+    doctor_interval_seconds: float = Field(default=1.0, gt=0)  # doctor mode: how often warned runs are treated
     # niceness of the worker processes that `serve` starts: training takes whatever CPU the web app
     # leaves, instead of making pages and streams wait for a time slice behind it (0: same priority)
     worker_nice: int = Field(default=10, ge=0, le=19)

@@ -132,6 +132,8 @@ def create_run(*, session: Session, run_in: RunCreate, limits: Limits | None = N
         dataset_id=run_in.dataset_id,
         parent_id=run_in.parent_id,
     )
+    if run_in.doctor:
+        run.doctor_max, run.doctor_attempt, run.doctor_state = run_in.doctor_max_attempts, 1, "watching"
     return _queue(session, run, default_name=f"{preset_name} #{{id}}")
 
 
@@ -274,16 +276,21 @@ def apply_advice(*, session: Session, run_id: int, warning_id: int) -> tuple[Run
     if not warning.advice or not warning.advice.get("overrides"):
         raise InputError.at(["body", "warning_id"], f"Warning {warning_id} has no advice to apply")
     overrides: dict[str, Any] = warning.advice["overrides"]
-    try:
-        cfg = from_dict(overrides, base=from_dict(parent.config))
-    except ConfigError as exc:
-        raise InputError.at(["body", "warning_id"], f"the advice of warning {warning_id} is invalid: {exc}") from exc
     existing = applied_child(session, parent, overrides)
     if existing is not None:
-        child = get_run(session=session, run_id=existing)
-        return child, False
+        return get_run(session=session, run_id=existing), False
+    try:
+        child = advice_child(parent, overrides)
+    except ConfigError as exc:
+        raise InputError.at(["body", "warning_id"], f"the advice of warning {warning_id} is invalid: {exc}") from exc
+    return _queue(session, child, default_name=""), True
+
+
+def advice_child(parent: Run, overrides: dict[str, Any]) -> Run:
+    """The run (not yet stored) that tries `overrides` on `parent`'s effective config; raises ConfigError."""
+    cfg = from_dict(overrides, base=from_dict(parent.config))
     change = ", ".join(f"{k}={v}" for k, v in overrides.items())
-    child = Run(
+    return Run(
         name=f"{parent.name} + {change}"[:200],
         preset=parent.preset,
         config=cfg.to_dict(),
@@ -291,7 +298,6 @@ def apply_advice(*, session: Session, run_id: int, warning_id: int) -> tuple[Run
         dataset_id=parent.dataset_id,
         parent_id=parent.id,
     )
-    return _queue(session, child, default_name=""), True
 
 
 # --- evaluations and warnings --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ if len(BATCH_COLUMNS) > 63:
     raise RuntimeError(f"StatBlock.nan_any holds 63 columns; trainer.BATCH_COLUMNS has {len(BATCH_COLUMNS)}")
 
 FINISHED_STATUSES = ("completed", "failed", "cancelled", "diverged")
+MAX_DOCTOR_ATTEMPTS = 10
 RUN_STATUSES = ("queued", "running", *FINISHED_STATUSES)
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 SUMMARY_COLUMNS = ("entropy_mean", "onehot_frac", "hist_top_share", "loss", "target_entropy_mean")
@@ -83,6 +84,12 @@ class Run(RunBase, table=True):
     # an external run's key chosen by its client (ExternalRunCreate.client_key): one run per key
     client_key: str | None = Field(default=None, max_length=64, unique=True, index=True)
     cancel_requested: bool = False
+    # doctor mode (app/worker/doctor.py): attempts allowed in the lineage, this run's attempt (1 = the first),
+    # "watching" -> "stopping" (a warning fired: asked to stop) -> "done" with its outcome; NULL: not doctored
+    doctor_max: int | None = None
+    doctor_attempt: int | None = None
+    doctor_state: str | None = Field(default=None, index=True)
+    doctor_outcome: str | None = Field(default=None, sa_type=Text)
     error: str | None = Field(default=None, sa_type=Text)
     # what the sink could not store after retrying (app/worker/sink.py), e.g. "50 batches (steps 400-449) ..."
     data_lost: str | None = Field(default=None, sa_type=Text)
@@ -248,6 +255,12 @@ class RunCreate(RequestBody):
     config: dict[str, Any] = Field(default_factory=dict)
     dataset_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     parent_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    doctor: bool = Field(
+        default=False,
+        description="when a warning fires, stop the run, apply its advice and queue the child; again until a "
+        "run finishes healthy, the advice runs out or doctor_max_attempts runs were made",
+    )
+    doctor_max_attempts: int = Field(default=4, ge=1, le=MAX_DOCTOR_ATTEMPTS)
 
 
 class ApplyAdvice(RequestBody):
@@ -328,6 +341,10 @@ class RunPublic(RunSummary):
     worker: str | None
     heartbeat_at: datetime | None
     cancel_requested: bool
+    doctor_max: int | None = None  # doctor mode: attempts allowed in this run's lineage; null when off
+    doctor_attempt: int | None = None
+    doctor_state: str | None = None
+    doctor_outcome: str | None = None  # what the doctor did after this run: "queued #12 ...", "healthy", ...
     duration_s: float | None
     num_classes: int
     last_step: int

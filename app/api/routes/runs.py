@@ -10,8 +10,9 @@ from sqlmodel import Session
 
 from app.api.deps import EngineDep, Offset, RunId, SessionDep, SettingsDep, SinceStep
 from app.budgets import Limits
-from app.errors import InputError, responses
+from app.errors import InputError, NotFound, responses
 from app.storage import crud
+from app.storage.doctor import DoctorPublic, doctor_lineage
 from app.storage.export import stats_csv
 from app.storage.listing import RunSort
 from app.storage.models import (
@@ -152,6 +153,16 @@ def list_run_evals(session: SessionDep, run_id: RunId) -> list[EvalPublic]:
 def list_run_warnings(session: SessionDep, run_id: RunId) -> list[WarningPublic]:
     crud.get_run(session=session, run_id=run_id)
     return crud.list_warnings(session=session, run_id=run_id)
+
+
+@router.get("/{run_id}/doctor", response_model=DoctorPublic, responses=responses(404))
+def read_run_doctor(session: SessionDep, run_id: RunId) -> DoctorPublic:
+    """Doctor mode's lineage of a run queued with `doctor: true`: each attempt, what it changed, its
+    warnings and what the doctor did next; where the lineage stands."""
+    lineage = doctor_lineage(session=session, run_id=run_id)
+    if lineage is None:
+        raise NotFound(f"Run {run_id} is not doctored (queue a run with \"doctor\": true)")
+    return lineage
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic, responses=responses(403, 404))
