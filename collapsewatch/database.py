@@ -84,6 +84,20 @@ class DatabaseTransport:
         self._warnings.append(warning)
         self._sink.on_warning(warning)
 
+    def send_scalars(self, chunk: Any) -> None:
+        """Written at once, in the caller's thread: once a chunk of batches, a small transaction."""
+        from sqlmodel import Session
+
+        from app.storage.ingest import append_scalars
+        from app.storage.ingest_models import ScalarsIn
+
+        try:
+            with Session(self.engine) as session:
+                append_scalars(session=session, run_id=self.run_id or 0, body=ScalarsIn(**chunk.body()))
+        except Exception as exc:  # the loop goes on; what is lost is said on the run
+            log.error("collapsewatch: scalars of run %s not stored: %s", self.run_id, exc)
+            self.failure = self.failure or f"scalars not stored: {exc}"
+
     def finish(self, status: str, error: str | None, duration_s: float, timeout: float) -> bool:
         """The end through the sink (which waits for its writer), then the worker's own final write as a
         safety net; a run the reaper marked lost meanwhile is taken back first."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from collapsewatch.detection import Watch
 from collapsewatch.recorder import LogitsRecorder, Recorded
+from collapsewatch.scalars import ScalarChunk, ScalarRecorder, check_names
 from trainer.evaluation import evaluate_predictions, soft_cross_entropy
 from trainer.monitor import as_distributions
 from trainer.records import BatchChunk, CollapseWarning, EvalRecord
@@ -45,6 +46,7 @@ class Transport(Protocol):
     def send_chunk(self, chunk: BatchChunk) -> None: ...
     def send_eval(self, record: EvalRecord) -> None: ...
     def send_warning(self, warning: CollapseWarning) -> None: ...
+    def send_scalars(self, chunk: ScalarChunk) -> None: ...
     def finish(self, status: str, error: str | None, duration_s: float, timeout: float) -> bool: ...
 
 
@@ -87,6 +89,7 @@ class Run:
             max_grad_norm=_number(self.config, "max_grad_norm", None),
         )
         self._watch = Watch(self.config, steps_per_epoch)
+        self._scalars = ScalarRecorder()
         self._num_classes: int | None = None
         self._next_step, self._epoch = 0, 0
         self._last_flush = self._started = time.perf_counter()
@@ -129,17 +132,22 @@ class Run:
         lr: float | None = None,
         step: int | None = None,
         epoch: int | None = None,
+        **scalars: torch.Tensor | float,
     ) -> None:
         """One batch: raw logits (B, C) and its targets, soft (B, C) or class indices (B,), kept by reference
         (do not overwrite them in place afterwards). `temperature` and `label_smoothing` are those the loss
         used (default: the run config's, else 1 and 0); `loss` and `grad_norm` as 0-d tensors or numbers.
-        `step` defaults to the count of logged batches. Raises CollapseDetected once `stop_on` is reached."""
+        `step` defaults to the count of logged batches. Any other `name=value` (a number or a 1-element tensor,
+        kept by reference) is a scalar of your own, stored and charted beside the statistics. Raises
+        CollapseDetected once `stop_on` is reached."""
         if self.finished:
             raise RuntimeError(f"run {self.name!r} is finished: start another with collapsewatch.init()")
         if self._stop is not None:
             warning, self._stop = self._stop, None
             raise CollapseDetected(warning)
         self._check(logits, targets)
+        if scalars:
+            check_names(scalars, self._scalars.names)
         step = self._next_step if step is None else int(step)
         if step < self._next_step:
             raise ValueError(f"steps must increase: step {step} after step {self._next_step - 1}")
@@ -155,6 +163,8 @@ class Run:
             temperature=self._temperature if temperature is None else float(temperature),
             label_smoothing=self._smoothing if label_smoothing is None else float(label_smoothing),
         )
+        if scalars:
+            self._scalars.record(step, scalars)
         now = time.perf_counter()
         if not self._recorder.flushed and len(self._recorder) == 1:
             self._last_flush = now  # the clock starts at the first batch, not at init
@@ -162,8 +172,11 @@ class Run:
         due = now - self._last_flush >= self._flush_seconds
         if self._recorder.full or (due and (self._recorder.flushed or len(self._recorder) >= FIRST_CHUNK_BATCHES)):
             self._recorder.flush()
+            self._scalars.flush()
             self._last_flush = now
         self._deliver(self._recorder.ready())
+        for chunk in self._scalars.ready():
+            self._transport.send_scalars(chunk)
 
     def log_eval(
         self,
@@ -240,7 +253,10 @@ class Run:
         atexit.unregister(self._at_exit)
         try:
             self._recorder.flush()
+            self._scalars.flush()
             self._deliver(self._recorder.ready(wait=True))  # a sync point, at the end
+            for chunk in self._scalars.ready(wait=True):
+                self._transport.send_scalars(chunk)
         except Exception:
             log.exception("collapsewatch: the last statistics of run %s could not be computed", self.id)
         if status == "completed" and any(w.kind == "nonfinite_loss" for w in self.warnings):

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from collapsewatch.scalars import ScalarChunk
 from collapsewatch.spool import Record, Spool, encode
 from trainer.records import BatchChunk, CollapseWarning, EvalRecord
 
@@ -122,6 +123,9 @@ class Spooler:
 
     def send_warning(self, warning: CollapseWarning) -> None:
         self._put("warnings", warning)
+
+    def send_scalars(self, chunk: ScalarChunk) -> None:
+        self._put("scalars", chunk.body())
 
     def finish(self, status: str, error: str | None, duration_s: float, timeout: float) -> bool:
         """Send the end after everything queued; wait up to `timeout` s. Whether all of it was delivered."""

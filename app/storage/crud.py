@@ -29,6 +29,7 @@ from app.storage.models import (
     RunPublic,
     RunUpdate,
     RunWarning,
+    ScalarChunk,
     StatBlock,
     StatChunk,
     WarningPublic,
@@ -237,7 +238,7 @@ def delete_run(*, session: Session, run_id: int) -> None:
     run = get_run(session=session, run_id=run_id)
     if run.status == "running":
         cancel_run(session=session, run_id=run_id)
-    for table in (StatChunk, StatBlock, EvalStat, RunWarning):
+    for table in (StatChunk, StatBlock, EvalStat, RunWarning, ScalarChunk):
         session.exec(delete(table).where(table.run_id == run_id))
     session.exec(update(Run).where(col(Run.parent_id) == run_id).values(parent_id=None))
     session.exec(delete(Run).where(col(Run.id) == run_id))

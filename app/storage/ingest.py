@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from app.errors import Conflict, InputError, NotFound
+from app.storage import scalars
 from app.storage.chunks import full_values
 from app.storage.crud import _refuse_control_characters, get_run
 from app.storage.ingest_models import (
@@ -30,6 +31,7 @@ from app.storage.ingest_models import (
     ExternalRunCreate,
     HeartbeatPublic,
     RunFinish,
+    ScalarsIn,
     WarningIn,
 )
 from app.storage.listing import elapsed
@@ -282,6 +284,15 @@ def append_warning(*, session: Session, run_id: int, body: WarningIn) -> bool:
         conn.execute(update(Run).where(Run.id == run_id).values(**summary))
     session.commit()
     return repeat is None
+
+
+def append_scalars(*, session: Session, run_id: int, body: ScalarsIn) -> bool:
+    """Store scalars of the user's own (app.storage.scalars); False when all of them were stored before."""
+    conn = session.connection()
+    _running(_open(conn, run_id), run_id)
+    stored = scalars.append_scalars(conn, run_id, body)
+    session.commit()
+    return stored
 
 
 # --- heartbeat and end --------------------------------------------------------------------------------

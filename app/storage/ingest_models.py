@@ -61,6 +61,22 @@ class ChunkIn(RequestBody):
     )
 
 
+ScalarName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
+MAX_SCALAR_NAMES = 32  # collapsewatch.scalars.MAX_SCALARS
+
+
+class ScalarSeriesIn(RequestBody):
+    steps: list[Step] = Field(min_length=1, max_length=CHUNK_ROWS, description="strictly increasing")
+    values: list[Number] = Field(max_length=CHUNK_ROWS, description="one per step")
+
+
+class ScalarsIn(RequestBody):
+    """Scalars of the user's own (`log_batch(..., name=value)`): per name, steps after the ones stored for
+    it and a value each. A repeat of stored values stores nothing; any other overlap is a 409."""
+
+    series: dict[ScalarName, ScalarSeriesIn] = Field(min_length=1, max_length=MAX_SCALAR_NAMES)
+
+
 class ChunkAck(SQLModel):
     run_id: int
     stored: int  # batches this request stored: 0 for an exact repeat of stored ones

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError, ValidatorFunctionWrapHandler, computed_field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, LargeBinary, Text, TypeDecorator
 from sqlmodel import Field, SQLModel
 from sqlmodel._compat import SQLModelConfig
 
@@ -171,6 +171,21 @@ class RunWarning(SQLModel, table=True):
     evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     advice: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ScalarChunk(SQLModel, table=True):
+    """Consecutive values of one scalar of the user's own (`log_batch(..., name=value)`) as float64 and int64
+    bytes (NaN and infinities kept): a chunk a request, so a long run stays a few rows per name."""
+
+    __table_args__ = (Index("ix_scalarchunk_run_name_step", "run_id", "name", "first_step", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=64)
+    first_step: int
+    last_step: int
+    steps: bytes = Field(sa_type=LargeBinary)
+    values: bytes = Field(sa_type=LargeBinary)
 
 
 class DatasetBase(SQLModel):

@@ -379,3 +379,29 @@ def test_an_external_runs_advice_is_a_config_change_to_make_not_a_button(client:
     assert page.find_all("button", class_="apply-advice") == [], "the worker cannot rerun a user's own loop"
     (snippet,) = page.find_all("pre", class_="config-snippet")
     assert json.loads(snippet.text.strip().removeprefix("config.update(").removesuffix(")")) == advice["overrides"]
+
+
+def test_scalars_are_stored_once_downsampled_keeping_spikes_and_validated(client: TestClient) -> None:
+    run = _create(client)
+    path = f"{INGEST}/{run['id']}/scalars"
+    values = [0.0] * 1000
+    values[500] = 99.0
+    body = {"series": {"aux": {"steps": list(range(1000)), "values": values}}}
+    assert client.post(path, json=body).status_code == 201
+    assert client.post(path, json=body).status_code == 200, "an exact repeat stores nothing"
+    changed = {"series": {"aux": {"steps": [999, 1000], "values": [1.0, 2.0]}}}
+    clash = client.post(path, json=changed)
+    assert clash.status_code == 409 and "overlap" in clash.json()["detail"]
+    more = {"series": {"aux": {"steps": [1000, 1001], "values": ["NaN", 3.0]}}}
+    assert client.post(path, json=more).status_code == 201
+    got = client.get(f"/api/runs/{run['id']}/scalars", params={"max_points": 60}).json()["series"]["aux"]
+    assert got["points"] == 1002 and len(got["steps"]) <= 60 and 99.0 in got["values"] and None in got["values"]
+    for bad, where in (
+        ({"series": {"a b": {"steps": [5000], "values": [1.0]}}}, "a b"),
+        ({"series": {"aux2": {"steps": [1, 1], "values": [1.0, 2.0]}}}, "steps"),
+        ({"series": {"aux3": {"steps": [1, 2], "values": [1.0]}}}, "values"),
+    ):
+        response = client.post(path, json=bad)
+        assert response.status_code == 422 and where in str(response.json()["detail"][0]["loc"]), response.text
+    assert client.get(f"/api/runs/{run['id']}/scalars").json()["names"] == ["aux"]
+    assert client.get("/api/runs/999/scalars").status_code == 404

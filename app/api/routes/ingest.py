@@ -21,6 +21,7 @@ from app.storage.ingest_models import (
     ExternalRunCreate,
     HeartbeatPublic,
     RunFinish,
+    ScalarsIn,
     StoredPublic,
     WarningIn,
 )
@@ -81,6 +82,15 @@ def append_run_eval(session: SessionDep, run_id: RunId, body: EvalIn, response: 
 def append_run_warning(session: SessionDep, run_id: RunId, body: WarningIn, response: Response) -> StoredPublic:
     """A collapse warning raised by the client's detector: shown on the run page and in its event stream."""
     stored = ingest.append_warning(session=session, run_id=run_id, body=body)
+    response.status_code = 201 if stored else 200
+    return StoredPublic(stored=stored)
+
+
+@router.post("/{run_id}/scalars", response_model=StoredPublic, status_code=201, responses=_repeat("scalar chunk"))
+def append_run_scalars(session: SessionDep, run_id: RunId, body: ScalarsIn, response: Response) -> StoredPublic:
+    """Scalars of the user's own (`log_batch(..., name=value)`): up to 32 names a run, each a series of
+    steps after its stored ones, charted on the run page. GET /api/runs/{id}/scalars reads them back."""
+    stored = ingest.append_scalars(session=session, run_id=run_id, body=body)
     response.status_code = 201 if stored else 200
     return StoredPublic(stored=stored)
 

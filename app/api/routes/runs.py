@@ -26,6 +26,7 @@ from app.storage.models import (
     StatsPublic,
     WarningPublic,
 )
+from app.storage.scalars import ScalarsPublic, read_scalars
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=responses(400, 401))
 
@@ -153,6 +154,15 @@ def list_run_evals(session: SessionDep, run_id: RunId) -> list[EvalPublic]:
 def list_run_warnings(session: SessionDep, run_id: RunId) -> list[WarningPublic]:
     crud.get_run(session=session, run_id=run_id)
     return crud.list_warnings(session=session, run_id=run_id)
+
+
+@router.get("/{run_id}/scalars", response_model=ScalarsPublic, responses=responses(404))
+def read_run_scalars(
+    session: SessionDep, run_id: RunId, max_points: Annotated[int, Query(ge=10, le=20_000)] = 2000
+) -> ScalarsPublic:
+    """Scalars of the user's own logged by an external run (`log_batch(..., name=value)`), per name, at most
+    `max_points` each (a bucket's min and max kept, so a spike survives)."""
+    return read_scalars(session=session, run_id=run_id, max_points=max_points)
 
 
 @router.get("/{run_id}/doctor", response_model=DoctorPublic, responses=responses(404))
