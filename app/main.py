@@ -32,6 +32,7 @@ from app.pages import routes as pages
 from app.security import SecurityMiddleware, csrf_value
 from app.storage.engine import init_db, make_engine
 from app.storage.feed import FeedHub
+from app.sweeps.task import drive_periodically
 from app.timing import ServerTimingMiddleware
 from app.worker.claim import confirm_window, reap_stale_runs
 from app.worker.doctor import treat_runs
@@ -79,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_reap_periodically, app)
             tasks.start_soon(_treat_periodically, app)
+            tasks.start_soon(drive_periodically, app.state.engine, app.state.settings)  # sweeps (app/sweeps/)
             yield
             tasks.cancel_scope.cancel()
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.routes import datasets, health, ingest, presets, runs, stream
+from app.api.routes import datasets, health, ingest, presets, runs, stream, sweeps
 
 api_router = APIRouter()
 api_router.include_router(runs.router)
@@ -13,3 +13,4 @@ api_router.include_router(datasets.router)
 api_router.include_router(presets.router)
 api_router.include_router(health.router)
 api_router.include_router(ingest.router)
+api_router.include_router(sweeps.router)

@@ -1,4 +1,4 @@
-"""Database tables (`Run`, `StatChunk`, `StatBlock`, `EvalStat`, `RunWarning`, `Dataset`) and the API schemas.
+"""Database tables (`Run`, `Sweep`, `StatChunk`, `StatBlock`, `EvalStat`, `RunWarning`, `Dataset`) and the API schemas.
 
 Batch statistics are stored a chunk of consecutive batches per row (`StatChunk`), each statistic
 as a packed array: one INSERT per chunk instead of one per batch, and a read of a few thousand
@@ -90,6 +90,9 @@ class Run(RunBase, table=True):
     doctor_attempt: int | None = None
     doctor_state: str | None = Field(default=None, index=True)
     doctor_outcome: str | None = Field(default=None, sa_type=Text)
+    # a sweep's trial (app/sweeps/): its sweep and Optuna trial number; NULL for a run of its own
+    sweep_id: int | None = Field(default=None, foreign_key="sweep.id", ondelete="SET NULL", index=True)
+    trial_number: int | None = None
     error: str | None = Field(default=None, sa_type=Text)
     # what the sink could not store after retrying (app/worker/sink.py), e.g. "50 batches (steps 400-449) ..."
     data_lost: str | None = Field(default=None, sa_type=Text)
@@ -104,6 +107,35 @@ class Run(RunBase, table=True):
     # the user's labels (PATCH /api/runs/{id}); an upgraded database's older runs hold NULL tags: read as none
     tags: list[str] | None = Field(default_factory=list, sa_column=Column(JSON))
     notes: str = Field(default="", sa_type=Text)
+
+
+class Sweep(SQLModel, table=True):
+    """A search over config fields on Optuna (app/sweeps/): each trial is an ordinary queued `Run`."""
+
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    status: str = Field(default="queued", index=True)  # SWEEP_STATUSES (app/storage/sweep_models.py)
+    preset: str = "fixed"
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # base, effective
+    search_space: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    sampler: str = "tpe"
+    seed: int = 0
+    n_trials: int
+    parallelism: int
+    objective: str = "val_kl"
+    direction: str = "minimize"
+    study_name: str = Field(default="", max_length=200)  # the Optuna study in Optuna's own tables
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    best_run_id: int | None = None  # no foreign key (Run points here): a deleted run reads as no best
+    error: str | None = Field(default=None, sa_type=Text)
+    # every trial's end told to Optuna; the driver leaves a settled sweep alone
+    settled: bool = False
+    # the server driving it until `driver_until` (the database's clock): one driver per sweep at a time
+    driver: str | None = None
+    driver_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class StatChunk(SQLModel, table=True):
