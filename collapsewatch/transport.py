@@ -32,6 +32,9 @@ log = logging.getLogger("collapsewatch")
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)  # then every 5 s
 GIVE_UP_AFTER = 120.0  # seconds after the run ended (finish) that the sender keeps retrying what is left
 MAX_PENDING_BATCHES = 100_000  # about 30 MB of statistics for 10 classes
+# what the loop may hand over before the sender thread takes it: a loop on a busy machine can outrun it
+# by a few chunks, and only a sender stuck for long (a request hanging) should cost data
+MIN_INBOX_BATCHES = 10_000
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 _ENDED = {"completed", "failed", "cancelled", "diverged"}
 
@@ -114,7 +117,7 @@ class Spooler:
         with self._cond:
             self._inbox.append(("chunks", chunk))
             self._inbox_batches += len(chunk)
-            while self._inbox_batches > self._max_pending and self._drop_oldest_in_inbox():
+            while self._inbox_batches > max(self._max_pending, MIN_INBOX_BATCHES) and self._drop_oldest_in_inbox():
                 pass  # the sender thread is stuck (a request hanging): keep memory bounded
             self._cond.notify()
 
