@@ -31,7 +31,8 @@ class CollapseWatchCallback(pl.Callback):
     The run is `run` if given, else made at `on_fit_start` by `collapsewatch.init(**init_kwargs)` (with
     `steps_per_epoch` from the trainer unless given). Only the global-zero process logs under DDP. Each
     batch is logged with its loss (`outputs["loss"]`), the first optimizer's learning rate, the epoch and
-    `trainer.global_step - 1` as step (without gradient accumulation; with it, the count of logged batches).
+    `trainer.global_step - 1` as step (one optimizer step per batch; with gradient accumulation or manual
+    optimization, the count of logged batches).
     Tensors are detached and kept by reference: no host sync per batch. The run is finished at
     `on_fit_end` (failed, or cancelled on Ctrl-C, from `on_exception`) when this callback made it, or when
     `finish=True`.
@@ -90,7 +91,7 @@ class CollapseWatchCallback(pl.Callback):
             targets,
             loss=loss.detach() if isinstance(loss, torch.Tensor) else loss,
             lr=_learning_rate(trainer),
-            step=trainer.global_step - 1 if trainer.accumulate_grad_batches == 1 else None,
+            step=trainer.global_step - 1 if _one_step_per_batch(trainer, pl_module) else None,
             epoch=trainer.current_epoch,
         )
 
@@ -138,3 +139,8 @@ def _learning_rate(trainer: pl.Trainer) -> float | None:
         return None
     lr = trainer.optimizers[0].param_groups[0].get("lr")
     return float(lr) if isinstance(lr, int | float) else None
+
+
+def _one_step_per_batch(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+    """Whether each training batch is one optimizer step, so that `global_step` numbers the batches."""
+    return pl_module.automatic_optimization and trainer.accumulate_grad_batches == 1

@@ -34,6 +34,8 @@ def soft_or_hard_cross_entropy(
         per_item = -(labels * F.log_softmax(logits.float(), dim=-1)).sum(-1)
         total = per_item.sum()
         count = per_item.numel()
+        if num_items_in_batch is not None:  # Trainer counts label elements: C per soft row
+            num_items_in_batch = num_items_in_batch / labels.shape[-1]
     else:
         flat = logits.float().reshape(-1, logits.shape[-1])
         total = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")

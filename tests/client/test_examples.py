@@ -7,15 +7,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from factories import wait_until
 from fastapi import FastAPI
+from test_client import _serve  # the same real uvicorn server as the client's tests
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SCRIPTS = {  # script: (its extra's module, the options that keep it short)
@@ -27,11 +25,8 @@ SCRIPTS = {  # script: (its extra's module, the options that keep it short)
 
 @pytest.fixture
 def server_url(app: FastAPI) -> Iterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=20, what="uvicorn to start")
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    server, thread, url = _serve(app)
+    yield url
     server.should_exit = True
     thread.join(10)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,9 +13,9 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-import uvicorn
-from factories import DIGITS_BATCH, DIGITS_STEPS_PER_EPOCH, digits_soft_targets, tiny_cnn, wait_until
+from factories import DIGITS_BATCH, DIGITS_STEPS_PER_EPOCH, digits_soft_targets, tiny_cnn
 from fastapi import FastAPI
+from test_client import _serve  # the same real uvicorn server as the client's tests
 
 from collapsewatch.recorder import NEVER_MEASURED
 from trainer import BATCH_COLUMNS
@@ -26,11 +25,8 @@ HEALTHY_LR, COLLAPSING_LR = 0.01, 0.3  # Adam on the tiny CNN, as in test_client
 
 @pytest.fixture
 def server_url(app: FastAPI) -> Iterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=20, what="uvicorn to start")
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    server, thread, url = _serve(app)
+    yield url
     server.should_exit = True
     thread.join(10)
 
@@ -189,4 +185,11 @@ def test_a_tiny_bert_trained_by_the_hf_trainer_logs_every_step(
     assert stats["columns"]["lr"][0] == pytest.approx(1e-3) and stats["columns"]["lr"][-1] < 1e-3, "linear decay"
     assert stats["epochs"][0] == 0 and stats["epochs"][-1] == 1
     assert all(v is not None and math.isfinite(v) for v in stats["columns"]["entropy_mean"])
+    # the default loss, given the item count Trainer itself passes, is the plain mean cross-entropy
+    batch = {k: torch.stack([_Tokens(8, soft)[i][k] for i in range(8)]) for k in ("input_ids", "labels")}
+    with torch.no_grad():
+        outputs = model(input_ids=batch["input_ids"])
+    counted = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+    expected = F.cross_entropy(outputs.logits, batch["labels"])  # probabilities or class indices
+    assert loss.loss_fn(outputs, batch["labels"], num_items_in_batch=counted) == pytest.approx(expected.item())
     assert "HF_HUB_OFFLINE" in os.environ
