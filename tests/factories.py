@@ -121,6 +121,25 @@ def write_stats(
     return sink
 
 
+def serve_app(app: Any, port: int = 0) -> tuple[Any, threading.Thread, str]:
+    """The app on a real uvicorn server on 127.0.0.1 (a free port unless `port`): (server, thread, URL).
+    Stop it with `server.should_exit = True` and `thread.join()`."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=20, what="uvicorn to start")
+    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+
+def api_get(url: str, path: str) -> Any:
+    """GET {url}/api{path} from a real server, as JSON (raises on an error status)."""
+    import httpx
+
+    return httpx.get(f"{url}/api{path}", timeout=10).raise_for_status().json()
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
     deadline = time.monotonic() + timeout
     while True:

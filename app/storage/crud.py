@@ -42,6 +42,7 @@ from trainer import (
     PRESET_DESCRIPTIONS,
     ConfigError,
     TableError,
+    TrainConfig,
     from_dict,
     preset,
     preset_names,
@@ -113,18 +114,8 @@ def create_run(*, session: Session, run_in: RunCreate, limits: Limits | None = N
         data = config.get("data", {})
         if isinstance(data, dict):  # anything else is reported by from_dict below
             config["data"] = {**data, **dataset_data(dataset)}
-    try:
-        cfg = from_dict(config, base=preset_name)
-    except ConfigError as exc:
-        raise InputError(config_error_items(exc)) from exc
-    # checked here, where a run is submitted, not in from_dict: a config stays valid on any machine,
-    # but this server's workers train it on this machine's devices
-    problem = device_problem(cfg.device)
-    if problem is not None:
-        raise InputError.at(["body", "config", "device"], problem, "value_error.config")
-    if limits is not None:
-        shape = (dataset.rows, dataset.n_features) if dataset is not None else (None, None)
-        check_run(cfg, limits, *shape)
+    shape = (dataset.rows, dataset.n_features) if dataset is not None else (None, None)
+    cfg = trainable_config(config, preset_name, limits, shape)
     run = Run(
         name=run_in.name or "",
         preset=str(preset_name),
@@ -136,6 +127,26 @@ def create_run(*, session: Session, run_in: RunCreate, limits: Limits | None = N
     if run_in.doctor:
         run.doctor_max, run.doctor_attempt, run.doctor_state = run_in.doctor_max_attempts, 1, "watching"
     return _queue(session, run, default_name=f"{preset_name} #{{id}}")
+
+
+def trainable_config(
+    config: dict[str, Any], preset_name: str, limits: Limits | None, shape: tuple[int | None, int | None] = (None, None)
+) -> TrainConfig:
+    """The effective config of preset plus overrides, trainable on this server: a 422 naming the field for a
+    bad value, a device this machine lacks, or a run over the server's budgets (`shape`: a table's rows
+    and features)."""
+    try:
+        cfg = from_dict(config, base=preset_name)
+    except ConfigError as exc:
+        raise InputError(config_error_items(exc)) from exc
+    # checked here, where a run is submitted, not in from_dict: a config stays valid on any machine,
+    # but this server's workers train it on this machine's devices
+    problem = device_problem(cfg.device)
+    if problem is not None:
+        raise InputError.at(["body", "config", "device"], problem, "value_error.config")
+    if limits is not None:
+        check_run(cfg, limits, *shape)
+    return cfg
 
 
 def _refuse_file_references(config: dict[str, Any], dataset_id: int | None) -> None:

@@ -15,8 +15,8 @@ from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from app.budgets import Limits, check_run
-from app.errors import Conflict, InputError, NotFound, config_error_items
-from app.storage.crud import _refuse_control_characters
+from app.errors import Conflict, InputError, NotFound
+from app.storage.crud import _refuse_control_characters, trainable_config
 from app.storage.models import MAX_ID, SEVERITY_RANK, EvalStat, Run, Sweep, utcnow
 from app.storage.sweep_models import (
     DEFAULT_TRIALS,
@@ -27,8 +27,7 @@ from app.storage.sweep_models import (
     TrialPublic,
 )
 from app.sweeps.space import config_value, grid_size, validate_space
-from trainer import ConfigError, TrainConfig, from_dict
-from trainer.config import device_problem
+from trainer import TrainConfig, from_dict
 
 PRUNED_PREFIX = "pruned: "  # how a pruned trial's run error starts
 ACTIVE = ("queued", "running")
@@ -75,16 +74,7 @@ def _base_config(sweep_in: SweepCreate, limits: Limits | None) -> TrainConfig:
     data = sweep_in.config.get("data")
     if isinstance(data, dict) and ({"path", "kind"} & set(data)):
         raise InputError.at(["body", "config", "data"], "a sweep trains on the built-in data: no data.kind or path")
-    try:
-        base = from_dict(sweep_in.config, base=sweep_in.preset)
-    except ConfigError as exc:
-        raise InputError(config_error_items(exc)) from exc
-    problem = device_problem(base.device)
-    if problem is not None:
-        raise InputError.at(["body", "config", "device"], problem, "value_error.config")
-    if limits is not None:
-        check_run(base, limits)
-    return base
+    return trainable_config(sweep_in.config, sweep_in.preset, limits)
 
 
 def _check_budgets(base: TrainConfig, space: dict[str, dict[str, Any]], limits: Limits) -> None:

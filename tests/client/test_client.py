@@ -11,16 +11,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
-import uvicorn
-from factories import DIGITS_STEPS_PER_EPOCH, LOCAL, train_digits, wait_until
+from factories import DIGITS_STEPS_PER_EPOCH, LOCAL, api_get, serve_app, train_digits, wait_until
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -32,26 +28,6 @@ from trainer import BATCH_COLUMNS, BatchChunk
 from trainer.monitor import stats_from_logits
 
 HEALTHY_LR, COLLAPSING_LR = 0.01, 0.3  # Adam on the tiny CNN: the second takes one class within an epoch
-
-
-def _serve(app: FastAPI, port: int = 0) -> tuple[uvicorn.Server, threading.Thread, str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=20, what="uvicorn to start")
-    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-
-
-@pytest.fixture
-def server_url(app: FastAPI) -> Iterator[str]:
-    server, thread, url = _serve(app)
-    yield url
-    server.should_exit = True
-    thread.join(10)
-
-
-def _api(url: str, path: str) -> object:
-    return httpx.get(f"{url}/api{path}", timeout=10).raise_for_status().json()
 
 
 # --- what the client is made of -----------------------------------------------------------------------
@@ -209,20 +185,20 @@ def test_a_cnn_on_digits_streams_every_batch_to_the_server(server_url: str) -> N
     logged = train_digits(run, lr=HEALTHY_LR)
     assert run.finish() is True
     assert logged == 2 * DIGITS_STEPS_PER_EPOCH and run.id is not None
-    stored = _api(server_url, f"/runs/{run.id}")
+    stored = api_get(server_url, f"/runs/{run.id}")
     assert (stored["status"], stored["external"], stored["steps"], stored["last_step"]) == (
         "completed", True, logged, logged - 1,
     )  # fmt: skip
     assert stored["config"] == {"lr": HEALTHY_LR, "arch": "2-conv"} and stored["num_classes"] == 10
     assert stored["data_lost"] is None and run.dropped_batches == 0
-    stats = _api(server_url, f"/runs/{run.id}/stats")
+    stats = api_get(server_url, f"/runs/{run.id}/stats")
     assert stats["steps"] == list(range(logged)) and stats["epochs"][-1] == 1
     for name in set(BATCH_COLUMNS) - NEVER_MEASURED - {"clipped"}:
         assert all(v is not None and math.isfinite(v) for v in stats["columns"][name]), name
     assert all(v is None for v in stats["columns"]["head_weight_norm"]), "never measured: not recorded"
     assert all(v is None for v in stats["columns"]["clipped"]), "unknown without the loop's max_grad_norm"
     assert stats["columns"]["loss"][-1] < stats["columns"]["loss"][0], "the CNN learns"
-    (ev,) = _api(server_url, f"/runs/{run.id}/evals")
+    (ev,) = api_get(server_url, f"/runs/{run.id}/evals")
     assert ev["metrics"]["accuracy"] > 0.5
     assert run.warnings == seen == [], "a healthy run raises nothing"
 
@@ -237,10 +213,10 @@ def test_a_collapsing_loop_hears_its_warning_and_stop_on_raises(server_url: str)
     warning = caught.value.warning
     assert warning.severity == "critical" and warning in run.warnings and run.warnings == seen
     assert warning.kind in str(caught.value) and warning.advice is not None
-    stored = _api(server_url, f"/runs/{run.id}")
+    stored = api_get(server_url, f"/runs/{run.id}")
     assert stored["status"] == "failed" and stored["error"].startswith("CollapseDetected: critical")
     assert stored["steps"] > 0 and stored["max_severity"] == "critical"
-    server_warnings = _api(server_url, f"/runs/{run.id}/warnings")
+    server_warnings = api_get(server_url, f"/runs/{run.id}/warnings")
     assert [(w["kind"], w["step"]) for w in server_warnings] == [(w.kind, w.step) for w in run.warnings]
 
 
@@ -287,10 +263,10 @@ def test_a_server_that_comes_back_gets_everything_the_spool_kept(app: FastAPI, c
 
     wait_until(lambda: batches_on_disk() == 300, timeout=20, what="the 300 batches on disk")
     assert run._transport._memory_batches <= 100, "past max_pending_batches the bodies wait on disk only"
-    server, thread, url = _serve(app, port)
+    server, thread, url = serve_app(app, port)
     try:
         assert run.finish() is True and run.dropped_batches == 0
-        stored = _api(url, f"/runs/{run.id}")
+        stored = api_get(url, f"/runs/{run.id}")
         assert (stored["steps"], stored["last_step"], stored["status"]) == (300, 299, "completed")
         assert stored["data_lost"] is None
         assert not kept.exists(), "once the server has everything, the safety copy is removed"
@@ -310,10 +286,10 @@ def test_without_a_spool_the_oldest_are_dropped_and_the_run_hears_it(app: FastAP
         run.log_batch(logits, labels, step=step)
     wait_until(lambda: run.dropped_batches >= 200, timeout=20, what="the bounded buffer to drop the oldest")
     assert not client_spool.exists()
-    server, thread, url = _serve(app, port)
+    server, thread, url = serve_app(app, port)
     try:
         assert run.finish() is True
-        stored = _api(url, f"/runs/{run.id}")
+        stored = api_get(url, f"/runs/{run.id}")
         dropped = run.dropped_batches
         assert stored["steps"] == 300 - dropped and stored["last_step"] == 299, "the newest batches wait"
         assert stored["status"] == "completed" and stored["data_lost"].startswith(f"{dropped} batches (between steps")

@@ -7,13 +7,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from test_client import _serve  # the same real uvicorn server as the client's tests
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SCRIPTS = {  # script: (its extra's module, the options that keep it short)
@@ -21,14 +18,6 @@ SCRIPTS = {  # script: (its extra's module, the options that keep it short)
     "lightning_module.py": ("pytorch_lightning", ["--epochs", "1", "--steps", "10"]),
     "hf_trainer.py": ("transformers", ["--steps", "10"]),
 }
-
-
-@pytest.fixture
-def server_url(app: FastAPI) -> Iterator[str]:
-    server, thread, url = _serve(app)
-    yield url
-    server.should_exit = True
-    thread.join(10)
 
 
 @pytest.mark.slow

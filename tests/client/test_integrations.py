@@ -6,33 +6,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import DIGITS_BATCH, DIGITS_STEPS_PER_EPOCH, digits_soft_targets, tiny_cnn
-from fastapi import FastAPI
-from test_client import _serve  # the same real uvicorn server as the client's tests
+from factories import DIGITS_BATCH, DIGITS_STEPS_PER_EPOCH, api_get, digits_soft_targets, tiny_cnn
 
 from collapsewatch.recorder import NEVER_MEASURED
 from trainer import BATCH_COLUMNS
 
 HEALTHY_LR, COLLAPSING_LR = 0.01, 0.3  # Adam on the tiny CNN, as in test_client.py
-
-
-@pytest.fixture
-def server_url(app: FastAPI) -> Iterator[str]:
-    server, thread, url = _serve(app)
-    yield url
-    server.should_exit = True
-    thread.join(10)
-
-
-def _api(url: str, path: str) -> Any:
-    return httpx.get(f"{url}/api{path}", timeout=10).raise_for_status().json()
 
 
 # --- Lightning ----------------------------------------------------------------------------------------
@@ -80,18 +64,18 @@ def test_a_lightning_module_streams_every_training_step(server_url: str) -> None
     trainer = _fit_digits(callback, HEALTHY_LR)
     run = callback.run
     assert run is not None and run.finished and trainer.global_step == 2 * DIGITS_STEPS_PER_EPOCH
-    stored = _api(server_url, f"/runs/{run.id}")
+    stored = api_get(server_url, f"/runs/{run.id}")
     assert (stored["status"], stored["steps"], stored["last_step"]) == (
         "completed", trainer.global_step, trainer.global_step - 1,
     )  # fmt: skip
     assert stored["external"] is True and stored["num_classes"] == 10
-    stats = _api(server_url, f"/runs/{run.id}/stats")
+    stats = api_get(server_url, f"/runs/{run.id}/stats")
     assert stats["steps"] == list(range(trainer.global_step)) and stats["epochs"][-1] == 1
     for name in set(BATCH_COLUMNS) - NEVER_MEASURED - {"clipped", "grad_norm"}:
         assert all(v is not None and math.isfinite(v) for v in stats["columns"][name]), name
     assert stats["columns"]["lr"] == [HEALTHY_LR] * trainer.global_step, "the optimizer's learning rate"
     assert stats["columns"]["loss"][-1] < stats["columns"]["loss"][0], "the CNN learns"
-    evals = _api(server_url, f"/runs/{run.id}/evals")
+    evals = api_get(server_url, f"/runs/{run.id}/evals")
     assert len(evals) == 2, "one evaluation per validation epoch"
     assert run.warnings == []
 
@@ -104,9 +88,9 @@ def test_a_collapsing_lightning_module_gets_its_warning(server_url: str) -> None
     _fit_digits(callback, COLLAPSING_LR, epochs=3)  # the detector waits out its warm-up
     run = callback.run
     assert run is not None and any(w.severity == "critical" for w in run.warnings), run.warnings
-    stored = _api(server_url, f"/runs/{run.id}")
+    stored = api_get(server_url, f"/runs/{run.id}")
     assert stored["status"] == "completed" and stored["max_severity"] == "critical"
-    server_warnings = _api(server_url, f"/runs/{run.id}/warnings")
+    server_warnings = api_get(server_url, f"/runs/{run.id}/warnings")
     assert [(w["kind"], w["step"]) for w in server_warnings] == [(w.kind, w.step) for w in run.warnings]
 
 
@@ -117,7 +101,7 @@ def test_a_training_step_that_raises_ends_the_run_failed(server_url: str) -> Non
         _fit_digits(callback, HEALTHY_LR, epochs=1, fail_at=12)
     run = callback.run
     assert run is not None and run.finished, "on_exception finishes the run"
-    stored = _api(server_url, f"/runs/{run.id}")
+    stored = api_get(server_url, f"/runs/{run.id}")
     assert (stored["status"], stored["error"], stored["steps"]) == ("failed", "RuntimeError: bad batch 12", 12)
 
 
@@ -176,9 +160,9 @@ def test_a_tiny_bert_trained_by_the_hf_trainer_logs_every_step(
     steps = trainer.state.global_step
     run = loss.run
     assert steps == 12 and run is not None and run.finished, "the callback finishes the run at on_train_end"
-    stored = _api(server_url, f"/runs/{run.id}")
+    stored = api_get(server_url, f"/runs/{run.id}")
     assert (stored["status"], stored["steps"], stored["num_classes"]) == ("completed", steps, 2)
-    stats = _api(server_url, f"/runs/{run.id}/stats")
+    stats = api_get(server_url, f"/runs/{run.id}/stats")
     assert stats["steps"] == list(range(steps)), "every training batch, none of the evaluation's"
     reported = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert stats["columns"]["loss"] == pytest.approx(reported, rel=1e-5, abs=1e-6), "the loss Trainer reports"

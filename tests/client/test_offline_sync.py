@@ -15,23 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from factories import DIGITS_STEPS_PER_EPOCH, train_digits
-from fastapi import FastAPI
+from factories import DIGITS_STEPS_PER_EPOCH, api_get, train_digits
 
 import collapsewatch as cw
 from app import cli
 from collapsewatch.sync import sync
-from tests.client.test_client import _api, _serve
 
 COLLAPSING_LR = 0.3
-
-
-@pytest.fixture
-def server_url(app: FastAPI) -> object:
-    server, thread, url = _serve(app)
-    yield url
-    server.should_exit = True
-    thread.join(10)
 
 
 def _offline_run(directory: Path, lr: float) -> tuple[int, cw.Run]:
@@ -44,9 +34,9 @@ def _offline_run(directory: Path, lr: float) -> tuple[int, cw.Run]:
 
 
 def _stored(url: str, run_id: int) -> tuple[object, ...]:
-    run = _api(url, f"/runs/{run_id}")
-    evals = _api(url, f"/runs/{run_id}/evals")
-    warnings = _api(url, f"/runs/{run_id}/warnings")
+    run = api_get(url, f"/runs/{run_id}")
+    evals = api_get(url, f"/runs/{run_id}/evals")
+    warnings = api_get(url, f"/runs/{run_id}/warnings")
     return run["status"], run["steps"], run["last_step"], len(evals), [(w["kind"], w["step"]) for w in warnings]
 
 
@@ -60,7 +50,7 @@ def test_an_offline_run_is_written_to_disk_and_synced_once(tmp_path: Path, serve
     assert first.error is None and first.ended and first.run_id is not None
     stored = _stored(server_url, first.run_id)
     assert stored == ("completed", logged, logged - 1, 1, [(w.kind, w.step) for w in run.warnings])
-    summary = _api(server_url, f"/runs/{first.run_id}")
+    summary = api_get(server_url, f"/runs/{first.run_id}")
     assert summary["external"] is True and summary["name"] == "offline digits" and summary["config"] == {"lr": 0.3}
     assert summary["duration_s"] < 60 and summary["data_lost"] is None
 
@@ -70,7 +60,7 @@ def test_an_offline_run_is_written_to_disk_and_synced_once(tmp_path: Path, serve
     (third,) = sync(kept, server=server_url)
     assert third.run_id == first.run_id and third.error is None
     assert _stored(server_url, first.run_id) == stored
-    assert len(_api(server_url, "/runs")["items"]) == 1
+    assert len(api_get(server_url, "/runs")["items"]) == 1
 
 
 def test_the_cli_syncs_a_folder_and_names_what_it_cannot_read(
@@ -82,7 +72,7 @@ def test_the_cli_syncs_a_folder_and_names_what_it_cannot_read(
     assert cli.main(["sync", str(tmp_path / "runs"), "--server", server_url]) == 1
     out, err = capsys.readouterr()
     assert "records sent" in out and "junk holds no readable run.json" in err
-    (item,) = _api(server_url, "/runs")["items"]
+    (item,) = api_get(server_url, "/runs")["items"]
     assert (item["status"], item["steps"]) == ("completed", logged)
     assert cli.main(["sync", str(tmp_path / "empty-nothing"), "--server", server_url]) == 2
     assert "is not a directory" in capsys.readouterr().err
@@ -115,7 +105,7 @@ def test_a_killed_loop_loses_at_most_its_last_flush(tmp_path: Path, server_url: 
 
     (result,) = sync(client_spool, server=server_url)
     assert result.error is None and not result.ended and "marks the run lost" in result.line()
-    stored = _api(server_url, f"/runs/{result.run_id}")
+    stored = api_get(server_url, f"/runs/{result.run_id}")
     assert (stored["status"], stored["steps"], stored["last_step"]) == ("running", batches, batches - 1)
 
 

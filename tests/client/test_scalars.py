@@ -8,13 +8,12 @@ import math
 import httpx
 import pytest
 import torch
-from factories import LOCAL
+from factories import LOCAL, serve_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import collapsewatch as cw
 from app.core.config import Settings
-from tests.client.test_client import _serve
 
 
 def _log(run: cw.Run, steps: int) -> None:
@@ -28,7 +27,7 @@ def _log(run: cw.Run, steps: int) -> None:
 
 
 def test_scalars_reach_the_server_per_name_with_their_own_steps(app: FastAPI) -> None:
-    server, thread, url = _serve(app)
+    server, thread, url = serve_app(app)
     try:
         run = cw.init(server=url, flush_batches=5)
         _log(run, 23)
