@@ -157,6 +157,11 @@ def _stats_url(request: Request, run_id: int) -> str:
     return f"{request.url_for('read_run_stats', run_id=run_id)}?max_points={STATS_POINTS}"
 
 
+def _batch_size(config: dict[str, Any]) -> int | None:
+    value = config.get("batch_size")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _chart_meta(request: Request, run: RunPublic) -> dict[str, Any]:
     return {
         "run_id": run.id,
@@ -171,6 +176,8 @@ def _chart_meta(request: Request, run: RunPublic) -> dict[str, Any]:
         "deploy_temperature": run.config.get("deploy_temperature", 1.0),
         "epochs": run.config.get("epochs"),
         "steps_per_epoch": (run.info or {}).get("steps_per_epoch"),
+        # the wall-time axis: seconds per batch are batch_size / samples_per_s (null: no such axis)
+        "batch_size": _batch_size(run.config),
         "stats_url": _stats_url(request, run.id),
         "live_points_limit": LIVE_POINTS_LIMIT,
         "evals_url": str(request.url_for("list_run_evals", run_id=run.id)),

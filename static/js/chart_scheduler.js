@@ -74,10 +74,10 @@ export function scheduleCharts(charts) {
 
   // the first screen now, in this task; the rest when near the viewport (the observer's first report,
   // after this frame) or idle
-  for (const item of items) {
-    if (inViewport(item.el)) draw(item);
-    observer.observe(item.el);
-  }
+  // (all measured before any is drawn: a measure after a draw would force a layout of the page each time)
+  const onScreen = items.filter((item) => inViewport(item.el));
+  onScreen.forEach(draw);
+  items.forEach((item) => observer.observe(item.el));
   drawWhenIdle();
 
   return {

@@ -6,7 +6,7 @@ const KEY = "collapsewatch.charts.v1";
 const PAGE = "page"; // the entry holding the page-wide settings
 export const CHART_DEFAULTS = { log: false, ema: 0, outliers: false, scaled: false };
 const PAGE_DEFAULTS = { x: "step" };
-export const X_MODES = ["step", "epoch"];
+export const X_MODES = ["step", "epoch", "time"];
 
 function readAll() {
   try {

@@ -2,7 +2,7 @@
 // titles with units, threshold lines. Chart titles and page order are the template's
 // (templates/runs/_chart_list.html).
 
-import { COLORS } from "./plot_style.js";
+import { COLORS, INK } from "./plot_style.js";
 
 // series: [column, legend name, colour, dash, y axis]; `scalable` charts have a logits / T view
 export const STAT_CHARTS = [
@@ -13,7 +13,8 @@ export const STAT_CHARTS = [
       ["entropy_min", "min", COLORS.purple], ["deploy_entropy_mean", `mean as deployed (T = ${m.deploy_temperature})`, COLORS.pink, "dot"],
       ["target_entropy_mean", "targets' mean", COLORS.grey, "dash"],
     ],
-    thresholds: (m) => [[m.min_entropy, `h_min = ${m.min_entropy} nats`]],
+    // an external run's config may not name h_min (or T, below): then there is no line to draw
+    thresholds: (m) => (m.min_entropy == null ? [] : [[m.min_entropy, `h_min = ${m.min_entropy} nats`]]),
   },
   {
     id: "chart-logits", yTitle: "logit (raw, before temperature)", scalable: true,
@@ -25,6 +26,7 @@ export const STAT_CHARTS = [
     ],
     // exploding_logits compares the spread / T with its limits: the lines sit where the rule fires
     thresholds: (m, s) => {
+      if (m.temperature == null) return [];
       const k = s.scaled ? 1 : m.temperature;
       const [warn, crit] = [m.logit_warn * k, m.logit_crit * k];
       const how = s.scaled ? "" : ` (${m.logit_warn}·T, T = ${m.temperature})`;
@@ -43,12 +45,13 @@ export const STAT_CHARTS = [
   {
     id: "chart-loss", yTitle: "loss (batch mean)",
     series: () => [
-      ["loss", "total", "#1d2330"], ["loss_ce", "soft cross-entropy", COLORS.blue],
+      ["loss", "total", INK], ["loss_ce", "soft cross-entropy", COLORS.blue],
       ["loss_entropy", "entropy penalty", COLORS.orange], ["loss_final_l2", "final-layer L2", COLORS.green],
     ],
   },
   {
-    id: "chart-grad", yTitle: "global grad norm (L2)", clipped: true,
+    // clipRate: the share of clipped batches among the last this many recorded points (right axis)
+    id: "chart-grad", yTitle: "grad norm before clipping (L2)", y2Title: "share of batches clipped", clipped: true, clipRate: 50,
     series: () => [["grad_norm", "grad norm", COLORS.blue]],
     thresholds: (m) => (m.max_grad_norm == null ? [] : [[m.max_grad_norm, `clip at ${m.max_grad_norm}`]]),
   },
@@ -67,13 +70,20 @@ export const STAT_CHARTS = [
       ["hist_eff_classes", "effective classes predicted (right axis)", COLORS.orange, "dot", "y2"],
     ],
   },
+  {
+    id: "chart-logit-stats", yTitle: "logit (raw, before temperature)",
+    series: () => [
+      ["logit_mean", "mean of the batch's logits", COLORS.blue], ["logit_std", "std of the batch's logits", COLORS.orange],
+      ["logit_margin", "top-1 − top-2 margin (sample mean)", COLORS.green],
+    ],
+  },
 ];
 
 export const EVAL_CHARTS = [
   {
     id: "chart-validation", yTitle: "loss (nats)", y2Title: "accuracy (share of val set)",
     series: (m) => [
-      ["objective", "objective", "#1d2330"], ["soft_ce", "soft cross-entropy", COLORS.blue],
+      ["objective", "objective", INK], ["soft_ce", "soft cross-entropy", COLORS.blue],
       ["kl", "KL(target ‖ prediction)", COLORS.purple], ["deploy_kl", `KL as deployed (T = ${m.deploy_temperature})`, COLORS.pink, "dot"],
       ["accuracy", "accuracy (right axis)", COLORS.green, "dot", "y2"],
     ],

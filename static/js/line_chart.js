@@ -4,7 +4,7 @@
 // (Plotly.extendTraces). Warning marks come and go with Plotly.relayout.
 
 import {
-  NONFINITE_AXIS, PLOT_CONFIG, frameSegments, frameTrace, lineTrace, markerTrace, nonfiniteSegments, nonfiniteTrace,
+  NONFINITE_AXIS, PLOT_CONFIG, frameSegments, frameTrace, inkOf, lineTrace, markerTrace, nonfiniteSegments, nonfiniteTrace,
   reserveLegend, schemeLayout,
 } from "./plot_style.js";
 
@@ -100,12 +100,12 @@ export function lineChart({ id, series, makeLayout, seriesOf, nonfiniteOf, colum
 
   // a smoothed series shows in the legend by its smoothed line; a click there hides both (one legend group)
   function traces() {
-    const raw = series.map((s, i) => (s.markers ? markerTrace(s.name, s.color) : {
-      ...lineTrace(s.name, s.color, { dash: s.dash, yaxis: s.yaxis, legendgroup: s.name, width: smooths(i) ? 1.2 : 2 }),
+    const raw = series.map((s, i) => (s.markers ? markerTrace(s.name, inkOf(s.color)) : {
+      ...lineTrace(s.name, inkOf(s.color), { dash: s.dash, yaxis: s.yaxis, legendgroup: s.name, width: smooths(i) ? 1.2 : 2 }),
       mode: s.mode ?? "lines", opacity: smooths(i) ? FAINT : 1, showlegend: !smooths(i),
     }));
     const smooth = series.flatMap((s, i) => (smooths(i)
-      ? [{ ...lineTrace(s.name, s.color, { dash: s.dash, yaxis: s.yaxis, legendgroup: s.name }), hovertemplate: "%{y:.4g} (smoothed)" }]
+      ? [{ ...lineTrace(s.name, inkOf(s.color), { dash: s.dash, yaxis: s.yaxis, legendgroup: s.name }), hovertemplate: "%{y:.4g} (smoothed)" }]
       : []));
     return [...raw, ...smooth, nonfiniteTrace(), frameTrace()];
   }

@@ -200,6 +200,10 @@ export function schemeColors() {
   return DARK_QUERY?.matches ? SCHEMES.dark : SCHEMES.light;
 }
 
+// A trace drawn in the text's colour ("total" loss, the objective): near black, or near white in dark mode.
+export const INK = "ink";
+export const inkOf = (color) => (color === INK ? schemeColors().text : color);
+
 // the frame colours as a Plotly.relayout update ("font.color": ..., "xaxis.gridcolor": ...)
 export function schemeUpdate(layout = {}, colors = schemeColors()) {
   const update = {

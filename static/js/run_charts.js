@@ -8,6 +8,7 @@ import { createZoomSync } from "./chart_sync.js";
 import { classHeatmap, confusionMatrix, validationClassShares } from "./class_charts.js";
 import { scheduleCharts } from "./chart_scheduler.js";
 import { lineChart } from "./line_chart.js";
+import { createWallClock } from "./wall_clock.js";
 import { EVAL_CHARTS, STAT_CHARTS } from "./chart_specs.js";
 import { COLORS, baseLayout, thresholdLine, warningMarks, withEscalations } from "./plot_style.js";
 
@@ -34,12 +35,35 @@ function chartLayout(spec, meta, title) {
   };
 }
 
+// The share of 1s among the last `window` values of a 0/1 column, carried across increments. A downsampled
+// history holds each bucket's min and max, so there it is the share of bucket extremes that clipped.
+function rollingShare(window) {
+  const last = [];
+  let sum = 0;
+  return (values) => values.map((v) => {
+    if (v == null) return null;
+    last.push(v >= 0.5 ? 1 : 0);
+    sum += last.at(-1);
+    if (last.length > window) sum -= last.shift();
+    return sum / last.length;
+  });
+}
+
 function statChart(spec, meta, first, ctx) {
   const series = seriesObjects(spec.series(meta), { scalable: spec.scalable });
+  if (spec.clipRate) {
+    const downsampled = first.some((f) => f.stats?.downsampled);
+    // (right axis: its title says what it is; a longer name would not fit a phone's legend)
+    const name = downsampled ? `clipped, share of ${spec.clipRate} bucket extremes` : `share clipped, last ${spec.clipRate} batches`;
+    series.push({ column: "clipped", name, color: COLORS.orange, dash: "dot", yaxis: "y2", smooth: false, derive: rollingShare(spec.clipRate) });
+  }
   if (spec.clipped) series.push({ column: "clipped", name: "clipped", color: COLORS.red, markers: true });
   const seriesOf = ({ stats }) => {
     if (!stats) return null;
-    const ys = series.map((s) => stats.columns[s.column] ?? stats.steps.map(() => null));
+    const ys = series.map((s) => {
+      const column = stats.columns[s.column] ?? stats.steps.map(() => null);
+      return s.derive ? s.derive(column) : column;
+    });
     const xs = series.map(() => stats.steps);
     if (spec.clipped) { // the clipped steps' grad norms
       const hits = stats.steps.map((_, i) => i).filter((i) => ys.at(-1)[i] >= 0.5);
@@ -89,12 +113,17 @@ function nonfiniteNotice() {
   };
 }
 
+const MAX_EPOCH_LINES = 40; // per chart: each line is a segment of the frame trace, and Plotly's cost grows with them
+
 // The steps where an epoch starts (every `every`-th epoch) and the run's extent, per stats answer; it
-// learns the steps per epoch from the first boundary when the run did not say.
+// learns the steps per epoch from the first boundary when the run did not say. `every` is set by the
+// larger of the configured epochs and those the first answer holds (a run's config may not say how many
+// it trains: 1,000 epochs drawn as 1,000 lines made each chart ~3x slower to draw).
 function epochFrames(meta, onStepsPerEpoch) {
-  const every = Math.max(1, Math.ceil((meta.epochs ?? 1) / 40)); // at most ~40 lines per chart
+  let every = null;
   let last = null;
   return (s) => {
+    every ??= Math.max(1, Math.ceil(Math.max(meta.epochs ?? 1, (s.epochs?.at(-1) ?? 0) + 1) / MAX_EPOCH_LINES));
     const boundaries = [];
     s.steps.forEach((step, i) => {
       const epoch = s.epochs?.[i];
@@ -110,16 +139,23 @@ function epochFrames(meta, onStepsPerEpoch) {
 }
 
 // What outlives a redraw from the history (run_page.js makes it once): the shared zoom, the warnings
-// marked, the x axis ("step" or "epoch").
+// marked, the x axis ("step", "epoch" or "time": wall time, static/js/wall_clock.js).
 export function createChartView(xMode = "step") {
   return { zoom: createZoomSync(), warnings: new Map(), focused: null, x: xMode, stepsPerEpoch: null };
 }
 
 // Builds the charts with the first data in them (`first`: {stats, evals}, either may be missing), so
 // each is drawn once; `drawn` resolves when all of them are. Later increments extend them.
+const X_TITLES = {
+  step: "step (batch)", epoch: "epoch", time: "wall time (s since the first batch, from its throughput)",
+  early: "step (batch); epochs once the first one ends",
+};
+
 export function createRunCharts(meta, first = {}, view = createChartView()) {
   view.stepsPerEpoch ??= meta.steps_per_epoch ?? null;
-  const perEpoch = () => (view.x === "epoch" ? view.stepsPerEpoch : null);
+  const clock = createWallClock(meta.batch_size);
+  const mode = () => (view.x === "time" && !clock.available() ? "step" : view.x);
+  const perEpoch = () => (mode() === "epoch" ? view.stepsPerEpoch : null);
   const controlled = (id) => new Set([...document.querySelectorAll(`.chart-tools[data-chart="${id}"] [data-setting]`)].map((i) => i.dataset.setting));
   const ctx = {
     temperature: meta.temperature,
@@ -130,8 +166,8 @@ export function createRunCharts(meta, first = {}, view = createChartView()) {
       const s = chartSettings(id);
       return { log: has.has("log") && s.log, ema: has.has("ema") ? s.ema : 0, outliers: has.has("outliers") && s.outliers, scaled: has.has("scaled") && s.scaled };
     },
-    xOf: (step) => (perEpoch() ? step / perEpoch() : step),
-    xTitle: () => (view.x !== "epoch" ? "step (batch)" : perEpoch() ? "epoch" : "step (batch); epochs once the first one ends"),
+    xOf: (step) => (mode() === "time" ? clock.at(step) : perEpoch() ? step / perEpoch() : step),
+    xTitle: () => X_TITLES[mode() !== "epoch" ? mode() : perEpoch() ? "epoch" : "early"],
     marks: () => warningMarks(withEscalations([...view.warnings.values()]), ctx.xOf, view.focused),
   };
   const seenEvalSteps = new Set();
@@ -146,6 +182,7 @@ export function createRunCharts(meta, first = {}, view = createChartView()) {
     view.stepsPerEpoch = spe;
     if (view.x === "epoch") charts.forEach((c) => c.redraw()); // the x values change once
   });
+  if (first.stats) clock.add(first.stats);
   const firstStats = first.stats?.steps.length ? [{ stats: first.stats, frame: frameOf(first.stats) }] : [];
   const firstEvals = freshEvals(first.evals ?? []);
   const firstFrames = firstStats.map(({ frame }) => ({ frame }));
@@ -171,6 +208,7 @@ export function createRunCharts(meta, first = {}, view = createChartView()) {
   let evalFrameAt = -Infinity;
   function addStats(s) {
     if (!s.steps.length) return;
+    clock.add(s); // before any chart maps these steps to seconds
     const frame = frameOf(s);
     for (const chart of [...stat, heat]) scheduler.push(chart.id, { stats: s, frame });
     if (frame.boundaries.length || performance.now() - evalFrameAt > EVAL_FRAME_MS) {

@@ -8,7 +8,9 @@ import { createChartView, createRunCharts } from "./run_charts.js";
 import { onSchemeChange, showError } from "./plot_style.js";
 
 const meta = JSON.parse(document.getElementById("chart-meta").textContent);
-const view = createChartView(pageSettings().x); // zoom, warnings and x axis, kept across redraws
+// a remembered x axis this run cannot have (wall time without a batch size) falls back to steps
+const usableX = (x) => (document.querySelector(`#x-axis option[value="${x}"]:not([disabled])`) ? x : "step");
+const view = createChartView(usableX(pageSettings().x)); // zoom, warnings and x axis, kept across redraws
 let charts = null;
 
 function swap(id, html) {
@@ -36,10 +38,11 @@ function warningsShown() {
   }));
 }
 
+// the warnings already shown go into the view first, so each chart is drawn once with their marks
+// (marking them after the first draw relayouted every chart again: ~110 ms of a cached visit)
 function chartsWith(first) {
-  const made = createRunCharts(meta, first, view);
-  made.addWarnings(warningsShown());
-  return made;
+  for (const w of warningsShown()) if (!view.warnings.has(w.id)) view.warnings.set(w.id, w);
+  return createRunCharts(meta, first, view);
 }
 
 let shownStatus = meta.status;
@@ -146,8 +149,10 @@ async function start() {
 
 bindChartControls({
   onChart: (id, settings) => charts?.setSettings(id, settings),
-  onPage: (settings) => charts?.setXMode(settings.x),
+  onPage: (settings) => charts?.setXMode(usableX(settings.x)),
 });
+const xSelect = document.getElementById("x-axis");
+if (xSelect) xSelect.value = view.x;
 onSchemeChange(() => charts?.redraw());
 
 document.addEventListener("click", async (event) => {

@@ -169,8 +169,11 @@ def test_run_page_has_header_charts_config_and_no_inline_script(client: TestClie
     assert header.find(class_="badge").text == "queued"
     assert header.find(id="cancel-button").attrs["data-cancel-url"].endswith(f"/api/runs/{run['id']}/cancel")
     charts = {el.attrs["id"] for el in doc.by_id("charts").find_all("div", class_="chart")}
-    assert len(charts) == 14
+    assert len(charts) == 15
+    index = {a.attrs["href"] for a in doc.by_id("chart-index").find_all("a")}
+    assert index == {f"#{c}" for c in charts}, "the chart index links every chart"
     meta = json_block(doc, "chart-meta")
+    assert meta["batch_size"] == run["config"]["batch_size"], "the wall-time axis needs the batch size"
     assert meta["min_entropy"] == preset("collapse-prone").min_entropy and meta["max_grad_norm"] is None
     assert "max_points=2000" in meta["stats_url"] and meta["events_url"].endswith(f"/api/runs/{run['id']}/events")
     config = {r.find("th").text: r.find("td").text for r in doc.by_id("config-table").find("tbody").find_all("tr")}

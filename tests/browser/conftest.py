@@ -58,7 +58,7 @@ COUNT_PLOT_CALLS = """window.__plotCalls = {};
 let plotly;
 Object.defineProperty(window, "Plotly", { configurable: true, get: () => plotly, set: (value) => {
   plotly = value;
-  for (const name of ["newPlot", "react", "extendTraces"]) {
+  for (const name of ["newPlot", "react", "extendTraces", "relayout"]) {
     const call = value[name];
     value[name] = function (gd, ...rest) {
       const key = `${name} ${typeof gd === "string" ? gd : gd.id}`;

@@ -63,6 +63,8 @@ def test_an_upload_is_previewed_confirmed_and_shown_on_its_run(page: sync_api.Pa
     assert header.locator("a").get_attribute("href").endswith(f"/api/datasets/{stored['id']}")
     assert header.locator("[data-field='dataset-shape']").inner_text() == "5 × 3"
     assert header.locator("[data-field='dataset-sha256']").inner_text() == stored["sha256"][:12]
+    terms = page.locator("#run-header dt").all_inner_texts()
+    assert terms.count("Classes") == 1, f"the header names the classes more than once: {terms}"
     fields = page.locator("#config-table tbody th").all_inner_texts()
     assert "data.path" in fields and "data.n_samples" not in fields and "data.cluster_std" not in fields
     page.locator("#run-header .status-completed").wait_for(timeout=120_000)  # it trains on the table

@@ -29,7 +29,7 @@ LATE_WARNING = {
     "config": {"epochs": 4, "data": {"n_samples": 4000}},
 }
 BATCH_CHARTS = ["chart-entropy", "chart-logits", "chart-confidence", "chart-classes", "chart-loss", "chart-grad",
-                "chart-optim", "chart-head", "chart-diversity"]  # fmt: skip
+                "chart-optim", "chart-head", "chart-diversity", "chart-logit-stats"]  # fmt: skip
 VALIDATION_CHARTS = ["chart-validation", "chart-calibration", "chart-val-entropy"]
 STEP_CHARTS = BATCH_CHARTS + VALIDATION_CHARTS
 ALL_CHARTS = [*STEP_CHARTS, "chart-val-classes", "chart-confusion"]
