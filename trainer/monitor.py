@@ -183,7 +183,12 @@ def rows_from_logits(
     targets (n, B, C) distributions or (n, B) class indices; step_values (n, 6) as STEP_COLUMNS with the
     head norm itself. A NaN loss_ce is filled with the plain soft CE of the batch against the smoothed
     targets (what a loop that logs only its logits gets)."""
-    log_p = F.log_softmax(logits / temperature, dim=-1)
+    if logits.is_cuda:  # one fused kernel
+        log_p = F.log_softmax(logits / temperature, dim=-1)
+    else:  # on the CPU, F.log_softmax over a short last axis (C = 8) costs ~1.8x these four kernels
+        shifted = logits / temperature  # (measured 183-202 vs 105-113 us for 50 x 64 x 8; equal to 5e-7)
+        shifted = shifted - shifted.amax(-1, keepdim=True)
+        log_p = shifted - shifted.exp().sum(-1, keepdim=True).log()
     p = log_p.exp()
     t = losses.smooth_targets(as_distributions(raw_targets, logits.shape[-1], p.dtype), label_smoothing)
     values = step_values.to(p.dtype).clone()
