@@ -199,7 +199,9 @@ def test_a_card_links_to_its_chart_and_marks_its_warning(page: sync_api.Page, fi
 
 def _robust_top(values: list[float]) -> float:
     kept = sorted(v for v in values if v is not None and math.isfinite(v))
-    lo, hi = (kept[round(q * (len(kept) - 1))] for q in (0.01, 0.99))
+    # the page's Math.round: halves round up (Python's round() would take the even neighbour, and where the
+    # values jump between two neighbours the two ranges differ several-fold)
+    lo, hi = (kept[math.floor(q * (len(kept) - 1) + 0.5)] for q in (0.01, 0.99))
     return hi + 0.08 * (hi - lo)
 
 
