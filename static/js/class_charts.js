@@ -1,6 +1,6 @@
 // The run page's per-class charts: the predicted-class histogram over time (a heatmap on the step axis,
-// redrawn whole, so rate-limited) and, of the latest validation pass, predicted vs target class shares
-// and the confusion matrix.
+// redrawn whole, so rate-limited) and, of one validation pass (the latest, or one picked), predicted vs
+// target class shares and the confusion matrix.
 
 import {
   COLORS, NONFINITE_AXIS, PLOT_CONFIG, baseLayout, classShareScale, frameSegments, frameTrace, schemeLayout,
@@ -85,16 +85,32 @@ export function classHeatmap({ id, title, numClasses, first, ctx }) {
 
 const passName = (r) => `pass at step ${r.step}, epoch ${r.epoch}`;
 
-// a chart of the latest validation pass only: drawn afresh with each new one
-function latestPassChart(id, first, build) {
-  let latest = null;
+// A chart of one validation pass, drawn afresh when the pass shown changes: the latest by default (it
+// follows each new one), or the one picked in the chart's pass select (templates/runs/detail.html).
+function onePassChart(id, first, build) {
+  const passes = new Map(); // step -> record
+  let chosen = null; // a step, or null: the latest
+  const picker = document.querySelector(`.chart-tools[data-chart="${id}"] select[data-pass]`);
+  const latest = () => (passes.size ? passes.get(Math.max(...passes.keys())) : null);
+  const shown = () => (chosen !== null && passes.has(chosen) ? passes.get(chosen) : latest());
   const take = (increments) => {
-    for (const inc of increments) for (const r of inc.evals ?? []) if (!latest || r.step >= latest.step) latest = r;
+    const fresh = [];
+    for (const inc of increments) for (const r of inc.evals ?? []) if (!passes.has(r.step)) fresh.push(r);
+    for (const r of fresh.sort((a, b) => a.step - b.step)) {
+      passes.set(r.step, r);
+      picker?.append(new Option(`step ${r.step} (epoch ${r.epoch})`, String(r.step)));
+    }
+    if (picker && fresh.length) picker.options[0].textContent = `latest (step ${latest().step})`;
+    return fresh.length > 0;
   };
   const render = () => {
-    const { traces, layout } = build(latest);
+    const { traces, layout } = build(shown());
     return Plotly.react(id, traces, schemeLayout(layout), PLOT_CONFIG);
   };
+  picker?.addEventListener("change", () => {
+    chosen = picker.value === "latest" ? null : Number(picker.value);
+    if (passes.size) render();
+  });
   return {
     id,
     draw(increments) {
@@ -102,12 +118,10 @@ function latestPassChart(id, first, build) {
       return render();
     },
     extend(increments) {
-      const before = latest;
-      take(increments);
-      if (latest !== before) render();
+      if (take(increments) && chosen === null) render(); // a picked pass stays until the user picks again
     },
     redraw() {
-      if (latest) render();
+      if (passes.size) render();
     },
     setSettings() {},
     setMarks() {},
@@ -116,7 +130,7 @@ function latestPassChart(id, first, build) {
 
 export function validationClassShares({ id, title, numClasses, first }) {
   const classes = [...Array(numClasses).keys()];
-  return latestPassChart(id, first, (r) => {
+  return onePassChart(id, first, (r) => {
     const layout = baseLayout({ title: r ? `${title} (${passName(r)})` : title, xTitle: "class", yTitle: "share of validation set" });
     Object.assign(layout.xaxis, { dtick: 1, type: "category" });
     layout.barmode = "group";
@@ -129,7 +143,7 @@ export function validationClassShares({ id, title, numClasses, first }) {
 
 export function confusionMatrix({ id, title, numClasses, first }) {
   const classes = [...Array(numClasses).keys()];
-  return latestPassChart(id, first, (r) => {
+  return onePassChart(id, first, (r) => {
     const counts = r?.confusion ?? [];
     // each target class's row as shares, so a rare class's row reads like a common one's
     const shares = counts.map((row) => {

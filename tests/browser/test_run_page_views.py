@@ -23,6 +23,11 @@ SLOW_FROM = STEPS // 2
 WALL_S = SLOW_FROM * BATCH / 3200 + (STEPS - SLOW_FROM) * BATCH / 1600  # 4 + 8 = 12 s
 WARNING_STEP = 600  # its mark sits at 4 + 200 * 0.02 = 8 s on the wall-time axis
 NOTES = "Baseline for the sweep; rerun with label smoothing."
+# two validation passes whose confusion matrices differ: the first all on the diagonal, the last all class 0
+EVAL_PASSES = {
+    399: [[5 if i == j else 0 for j in range(CLASSES)] for i in range(CLASSES)],
+    799: [[5] + [0] * (CLASSES - 1) for _ in range(CLASSES)],
+}
 # a long config key: the snippet holding it must scroll sideways on a phone, not widen the page
 OVERRIDES = {"label_smoothing": 0.1, "optimizer_config_with_a_rather_long_name_weight_decay": 0.0005}
 
@@ -68,6 +73,11 @@ def external(server: str) -> Iterator[dict]:
         "kind": "low_entropy", "severity": "warning", "step": WARNING_STEP, "message": "Entropy below h_min.",
         "advice": {"message": "Raise label smoothing.", "overrides": OVERRIDES},
     })  # fmt: skip
+    for step, confusion in EVAL_PASSES.items():
+        _api(server, f"/api/ingest/runs/{run['id']}/evals", {
+            "step": step, "epoch": step // PER_EPOCH, "metrics": {"objective": 1.0, "accuracy": 0.5},
+            "pred_hist": [0.25] * CLASSES, "target_hist": [0.25] * CLASSES, "confusion": confusion,
+        })  # fmt: skip
     _api(server, f"/api/ingest/runs/{run['id']}/finish", {"status": "completed", "duration_s": WALL_S})
     _api(server, f"/api/runs/{run['id']}", {"tags": ["baseline", "sweep-3"], "notes": NOTES}, method="PATCH")
     yield {"id": run["id"], "warnings": _api(server, f"/api/runs/{run['id']}/warnings")}
@@ -160,6 +170,29 @@ def test_header_shows_tags_and_notes_and_the_index_reaches_the_confusion_matrix(
     page.wait_for_url("**#chart-confusion")
     box = page.locator("#chart-confusion").bounding_box()
     assert 0 <= box["y"] < page.viewport_size["height"], "the confusion matrix is not brought into view"
+
+
+def test_an_earlier_validation_pass_can_be_picked_for_the_confusion_matrix(page: sync_api.Page, external: dict) -> None:
+    _open(page, external["id"])
+    picker = page.locator(".chart-tools[data-chart='chart-confusion'] select[data-pass]")
+    options = picker.locator("option").all_inner_texts()
+    assert options == ["latest (step 799)", "step 399 (epoch 99)", "step 799 (epoch 199)"]
+
+    def diagonal(chart: str) -> list[float]:
+        z = page.evaluate(f"() => document.getElementById('{chart}').data[0].z")
+        return [z[i][i] for i in range(CLASSES)]
+
+    page.wait_for_function("() => document.getElementById('chart-confusion').data?.length")
+    assert diagonal("chart-confusion") == [1.0, 0.0, 0.0, 0.0], "the latest pass: every sample predicted class 0"
+    picker.select_option("399")
+    page.wait_for_function("() => document.getElementById('chart-confusion').layout.title.text.includes('step 399')")
+    assert diagonal("chart-confusion") == [1.0] * CLASSES, "the earlier pass: all on the diagonal"
+    other = page.evaluate("() => document.getElementById('chart-val-classes').layout.title.text")
+    assert "step 799" in other, "each chart has its own picker"
+    page.locator("#chart-confusion").scroll_into_view_if_needed()
+    page.screenshot(path=OUTPUT / "run_views_confusion_pass.png")
+    picker.select_option("latest")
+    page.wait_for_function("() => document.getElementById('chart-confusion').layout.title.text.includes('step 799')")
 
 
 def test_on_a_phone_the_advice_snippet_scrolls_and_the_page_does_not(page: sync_api.Page, external: dict) -> None:
