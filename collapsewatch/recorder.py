@@ -3,14 +3,17 @@
 `record()` keeps detached views of the tensors the loop made anyway (no copy, no kernel, no sync). A chunk
 stacks them and computes every statistic at once (`trainer.monitor.rows_from_logits`: what a loss would
 have held, its soft cross-entropy included), and `trainer.host_copies` ships it to the host without
-waiting on CUDA. A batch of another shape or settings flushes first, so a chunk always stacks.
+waiting on CUDA, or computes it in its background thread on the CPU. A batch of another shape or settings
+flushes first, so a chunk always stacks.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -70,8 +73,17 @@ def _kind(value: Any) -> str:
 class LogitsRecorder:
     """Per-batch references in, `Recorded` chunks out (`ready()`), in step order."""
 
-    def __init__(self, capacity: int, *, deploy_temperature: float = 1.0, max_grad_norm: float | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        deploy_temperature: float = 1.0,
+        max_grad_norm: float | None = None,
+        on_ready: Callable[[], object] | None = None,
+    ) -> None:
+        """`on_ready`: called from the statistics thread when a chunk computed there is ready (CPU)."""
         self.capacity, self.deploy_temperature, self.max_grad_norm = capacity, deploy_temperature, max_grad_norm
+        self._on_ready = on_ready
         self._batches: list[tuple[torch.Tensor, torch.Tensor, Any, Any]] = []  # logits, targets, loss, grad
         self._steps: list[int] = []
         self._epochs: list[int] = []
@@ -128,40 +140,20 @@ class LogitsRecorder:
         if n == 0 or self._key is None:
             return
         now = time.perf_counter()
-        key = self._key
-        logits_list, targets_list, losses, grads = zip(*self._batches, strict=True)
-        with torch.no_grad():
-            logits = torch.stack(logits_list)
-            if logits.dtype not in (torch.float32, torch.float64):  # half-precision logits: statistics in float32
-                logits = logits.float()
-            raw = as_distributions(torch.stack(targets_list), logits.shape[-1], logits.dtype)  # (n, B, C)
-            zeros = logits.new_zeros(n)
-            columns = [
-                _stacked(losses, logits) if key.loss_kind == "tensor" else zeros,
-                torch.full_like(zeros, math.nan),  # loss_ce: computed from the logits
-                zeros,
-                zeros,
-                _stacked(grads, logits) if key.grad_kind == "tensor" else zeros,
-                zeros,
-            ]
-            rows = rows_from_logits(
-                logits,
-                raw,
-                torch.stack(columns, dim=1),
-                temperature=key.temperature,
-                label_smoothing=key.label_smoothing,
-                max_grad_norm=self.max_grad_norm,
-                deploy_temperature=self.deploy_temperature,
-            )
-        tensors = (rows, raw.reshape(-1, raw.shape[-1])) if self._first else (rows,)
+        key, batches, with_targets = self._key, self._batches, self._first
+        _, _, losses, grads = zip(*batches, strict=True)
+        compute = partial(
+            _chunk_rows, batches, key,
+            max_grad_norm=self.max_grad_norm, deploy_temperature=self.deploy_temperature, with_targets=with_targets,
+        )  # fmt: skip
         meta = _Meta(
-            chunk=ChunkMeta(self._steps, self._epochs, self._lrs, n * logits.shape[1], now - self._since),
+            chunk=ChunkMeta(self._steps, self._epochs, self._lrs, n * key.logits_shape[0], now - self._since),
             key=key,
             losses=[float(v) for v in losses] if key.loss_kind == "float" else None,
             grads=[float(v) for v in grads] if key.grad_kind == "float" else None,
-            with_targets=self._first,
+            with_targets=with_targets,
         )
-        self._copies.push(tensors, meta)
+        self._copies.submit(compute, meta, device=key.device, on_done=self._on_ready)
         self._first = False
         self._batches, self._steps, self._epochs, self._lrs, self._since = [], [], [], [], now
 
@@ -210,6 +202,41 @@ class LogitsRecorder:
             batch_size=key.logits_shape[0],
             device=str(key.device),
         )
+
+
+def _chunk_rows(
+    batches: list[tuple[torch.Tensor, torch.Tensor, Any, Any]],
+    key: _Key,
+    *,
+    max_grad_norm: float | None,
+    deploy_temperature: float,
+    with_targets: bool,
+) -> tuple[torch.Tensor, ...]:
+    """A chunk's statistics rows (and its raw targets (n * B, C) when `with_targets`), from its batches."""
+    logits_list, targets_list, losses, grads = zip(*batches, strict=True)
+    logits = torch.stack(logits_list)
+    if logits.dtype not in (torch.float32, torch.float64):  # half-precision logits: statistics in float32
+        logits = logits.float()
+    raw = as_distributions(torch.stack(targets_list), logits.shape[-1], logits.dtype)  # (n, B, C)
+    zeros = logits.new_zeros(len(batches))
+    columns = [
+        _stacked(losses, logits) if key.loss_kind == "tensor" else zeros,
+        torch.full_like(zeros, math.nan),  # loss_ce: computed from the logits
+        zeros,
+        zeros,
+        _stacked(grads, logits) if key.grad_kind == "tensor" else zeros,
+        zeros,
+    ]
+    rows = rows_from_logits(
+        logits,
+        raw,
+        torch.stack(columns, dim=1),
+        temperature=key.temperature,
+        label_smoothing=key.label_smoothing,
+        max_grad_norm=max_grad_norm,
+        deploy_temperature=deploy_temperature,
+    )
+    return (rows, raw.reshape(-1, raw.shape[-1])) if with_targets else (rows,)
 
 
 def _stacked(values: tuple[torch.Tensor, ...], like: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import atexit
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -83,10 +84,14 @@ class Run:
         self._temperature = _number(self.config, "temperature", 1.0)
         self._smoothing = _number(self.config, "label_smoothing", 0.0)
         self._deploy = _number(self.config, "deploy_temperature", 1.0)
+        # chunks are delivered (detector, then transport) in order by one thread at a time: the loop's, or the
+        # statistics thread as soon as it has computed one (so a paused loop does not hold it back)
+        self._delivering = threading.Lock()
         self._recorder = LogitsRecorder(
             min(flush_batches, MAX_FLUSH_BATCHES),
             deploy_temperature=self._deploy,
             max_grad_norm=_number(self.config, "max_grad_norm", None),
+            on_ready=self._deliver_landed,
         )
         self._watch = Watch(self.config, steps_per_epoch)
         self._scalars = ScalarRecorder()
@@ -94,6 +99,7 @@ class Run:
         self._next_step, self._epoch = 0, 0
         self._last_flush = self._started = time.perf_counter()
         self._stop: CollapseWarning | None = None
+        self._callbacks_due: list[CollapseWarning] = []
         self._started_sent = False
         self.finished = False
         _watch_uncaught_exceptions()
@@ -174,9 +180,11 @@ class Run:
             self._recorder.flush()
             self._scalars.flush()
             self._last_flush = now
-        self._deliver(self._recorder.ready())
+        with self._delivering:
+            self._deliver(self._recorder.ready())
         for chunk in self._scalars.ready():
             self._transport.send_scalars(chunk)
+        self._call_back()
 
     def log_eval(
         self,
@@ -204,9 +212,11 @@ class Run:
             probs, t, value, max(step, 0), self._epoch if epoch is None else int(epoch), deployed_probs=deployed
         )
         if not self.finished:
-            self._transport.send_eval(record)
-            for warning in self._watch.observe_eval(record):
-                self._warn(warning)
+            with self._delivering:
+                self._transport.send_eval(record)
+                for warning in self._watch.observe_eval(record):
+                    self._warn(warning)
+            self._call_back()
         return record
 
     def _check(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -233,6 +243,18 @@ class Run:
             for warning in warnings:
                 self._warn(warning)
 
+    def _deliver_landed(self) -> None:
+        """In the statistics thread: deliver what has landed, unless the loop's thread is delivering now (it
+        takes this chunk then, or at its next call; waiting here could deadlock a finish() waiting for us)."""
+        if not self._delivering.acquire(blocking=False):
+            return
+        try:
+            self._deliver(self._recorder.ready())
+        except Exception:  # the loop's next call or finish() meets the same error and reports it
+            log.exception("collapsewatch: delivering the statistics of run %s failed", self.id)
+        finally:
+            self._delivering.release()
+
     def _warn(self, warning: CollapseWarning) -> None:
         self.warnings.append(warning)
         self._transport.send_warning(warning)
@@ -240,7 +262,12 @@ class Run:
         if self._stop_rank is not None and rank >= self._stop_rank and self._stop is None:
             self._stop = warning
         if self._on_warning is not None:
-            self._on_warning(warning)
+            self._callbacks_due.append(warning)  # called in the loop's thread (_call_back), whoever delivered
+
+    def _call_back(self) -> None:
+        """on_warning for each warning raised since the last call, in the loop's thread."""
+        while self._callbacks_due and self._on_warning is not None:
+            self._on_warning(self._callbacks_due.pop(0))
 
     # --- the end --------------------------------------------------------------------------------
     def finish(self, status: str = "completed", error: str | None = None) -> bool:
@@ -254,11 +281,16 @@ class Run:
         try:
             self._recorder.flush()
             self._scalars.flush()
-            self._deliver(self._recorder.ready(wait=True))  # a sync point, at the end
+            with self._delivering:
+                self._deliver(self._recorder.ready(wait=True))  # a sync point, at the end
             for chunk in self._scalars.ready(wait=True):
                 self._transport.send_scalars(chunk)
         except Exception:
             log.exception("collapsewatch: the last statistics of run %s could not be computed", self.id)
+        try:
+            self._call_back()
+        except Exception:  # the run still ends
+            log.exception("collapsewatch: on_warning raised while run %s finished", self.id)
         if status == "completed" and any(w.kind == "nonfinite_loss" for w in self.warnings):
             status = "diverged"
         duration = time.perf_counter() - self._started

@@ -12,16 +12,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trainer import losses
+from trainer.class_major import ONE_HOT_THRESHOLD, class_major, rows_class_major, stats_class_major, use_class_major
 from trainer.host_copies import HostCopies
 from trainer.records import BATCH_COLUMNS, BatchChunk
 
-ONE_HOT_THRESHOLD = 0.99
 # Written by the step itself, in this order; everything else is derived per chunk.
 STEP_COLUMNS = ("loss", "loss_ce", "loss_entropy", "loss_final_l2", "grad_norm", "head_weight_norm")
 HOST_COLUMNS = ("lr", "samples_per_s")
@@ -78,6 +79,12 @@ def chunk_stats(
     `deploy_temperature`: the predictions as deployed are softmax(logits / deploy_temperature);
     None when it equals the training temperature (then they are `probs` themselves).
     """
+    if use_class_major(logits):
+        pt = class_major(probs)
+        return stats_class_major(
+            class_major(logits), pt, entropy, pt.amax(1), class_major(targets), target_entropy, step_values,
+            max_grad_norm=max_grad_norm, deploy_temperature=deploy_temperature,
+        )  # fmt: skip
     n, b, c = logits.shape
     dtype = probs.dtype
     # CPU kernels that reduce over a middle axis or return indices (max, std, mean over B) cost
@@ -183,16 +190,17 @@ def rows_from_logits(
     targets (n, B, C) distributions or (n, B) class indices; step_values (n, 6) as STEP_COLUMNS with the
     head norm itself. A NaN loss_ce is filled with the plain soft CE of the batch against the smoothed
     targets (what a loop that logs only its logits gets)."""
-    if logits.is_cuda:  # one fused kernel
-        log_p = F.log_softmax(logits / temperature, dim=-1)
-    else:  # on the CPU, F.log_softmax over a short last axis (C = 8) costs ~1.8x these four kernels
-        shifted = logits / temperature  # (measured 183-202 vs 105-113 us for 50 x 64 x 8; equal to 5e-7)
-        shifted = shifted - shifted.amax(-1, keepdim=True)
-        log_p = shifted - shifted.exp().sum(-1, keepdim=True).log()
-    p = log_p.exp()
-    t = losses.smooth_targets(as_distributions(raw_targets, logits.shape[-1], p.dtype), label_smoothing)
-    values = step_values.to(p.dtype).clone()
+    values = step_values.to(torch.float64 if logits.dtype == torch.float64 else torch.float32).clone()
     values[:, 5] = values[:, 5].square()
+    targets = as_distributions(raw_targets, logits.shape[-1], values.dtype)
+    if use_class_major(logits):
+        return rows_class_major(
+            logits, targets, values, temperature=temperature, label_smoothing=label_smoothing,
+            max_grad_norm=max_grad_norm, deploy_temperature=deploy_scale(temperature, deploy_temperature),
+        )  # fmt: skip
+    log_p = F.log_softmax(logits / temperature, dim=-1)  # one fused kernel (CUDA, or a long class axis)
+    p = log_p.exp()
+    t = losses.smooth_targets(targets, label_smoothing)
     ce = -(t * log_p).sum(-1).mean(-1)  # (n,): losses.soft_cross_entropy, unweighted, batch by batch
     values[:, 1] = torch.where(values[:, 1].isnan(), ce, values[:, 1])
     return chunk_stats(
@@ -300,29 +308,39 @@ class StatsRecorder:
         if n == 0:
             return
         now = time.perf_counter()
-        with torch.no_grad():
-            logits, probs, entropy, targets, target_entropy = (
-                torch.stack(group) for group in zip(*self._tensors, strict=True)
-            )
-            values = torch.stack(self._scalars).view(n, len(STEP_COLUMNS)).to(probs.dtype)
-            rows = chunk_stats(
-                logits,
-                probs,
-                entropy,
-                targets,
-                target_entropy,
-                values,
-                max_grad_norm=self._max_grad_norm,
-                deploy_temperature=self._deploy,
-            )  # (n, K + C)
+        compute = partial(_stacked_stats, self._tensors, self._scalars, self._max_grad_norm, self._deploy)
         self._tensors, self._scalars = [], []
         samples = self._trained or n * self._batch  # a caller that never counts: the recorded batches
-        self._copies.push((rows,), ChunkMeta(self._steps, self._epochs, self._lrs, samples, now - self._since))
+        meta = ChunkMeta(self._steps, self._epochs, self._lrs, samples, now - self._since)
+        self._copies.submit(compute, meta, device=self.device)
         self._steps, self._epochs, self._lrs, self._since, self._trained = [], [], [], now, 0
 
     def ready(self, wait: bool = False) -> list[BatchChunk]:
         """Chunks whose copy has landed; with `wait`, all of them (a sync point, used at the end)."""
         return [chunk_from_rows(rows, meta) for (rows,), meta in self._copies.ready(wait)]
+
+
+def _stacked_stats(
+    tensors: list[tuple[torch.Tensor, ...]],
+    scalars: list[torch.Tensor],
+    max_grad_norm: float | None,
+    deploy_temperature: float | None,
+) -> tuple[torch.Tensor]:
+    """chunk_stats of a chunk's recorded steps: per step (logits, probs, entropy, targets, h_t) and the six
+    0-d tensors of STEP_COLUMNS (head squared)."""
+    logits, probs, entropy, targets, target_entropy = (torch.stack(group) for group in zip(*tensors, strict=True))
+    values = torch.stack(scalars).view(len(tensors), len(STEP_COLUMNS)).to(probs.dtype)
+    rows = chunk_stats(
+        logits,
+        probs,
+        entropy,
+        targets,
+        target_entropy,
+        values,
+        max_grad_norm=max_grad_norm,
+        deploy_temperature=deploy_temperature,
+    )
+    return (rows,)  # (n, K + C)
 
 
 def chunk_from_rows(data: np.ndarray, meta: ChunkMeta) -> BatchChunk:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def test_the_statistics_are_the_trainers_for_soft_targets_and_class_indices() ->
                 temperature=2.0, label_smoothing=0.1,
             )  # fmt: skip
         rec.flush()
-        (recorded,) = rec.ready()
+        (recorded,) = rec.ready(wait=True)
         chunks.append(recorded.chunk)
     smoothed = soft * 0.9 + 0.1 / c
     ce = -(smoothed * torch.log_softmax(logits / 2.0, -1)).sum(-1).mean(-1)
@@ -107,7 +108,7 @@ def test_the_statistics_are_the_trainers_for_soft_targets_and_class_indices() ->
         logits[0], soft[0], loss=None, grad_norm=None, lr=None, step=0, epoch=0, temperature=1, label_smoothing=0
     )
     without.flush()
-    (recorded,) = without.ready()
+    (recorded,) = without.ready(wait=True)
     assert {"loss", "grad_norm", "clipped", "lr"}.isdisjoint(recorded.chunk.columns), "never given: not recorded"
     view = recorded.detector_view  # the detector reads every column: the soft CE stands in for the loss
     assert view.column("loss") == pytest.approx(view.column("loss_ce")) and view.column("grad_norm").tolist() == [0.0]
@@ -205,13 +206,20 @@ def test_a_cnn_on_digits_streams_every_batch_to_the_server(server_url: str) -> N
 
 def test_a_collapsing_loop_hears_its_warning_and_stop_on_raises(server_url: str) -> None:
     seen: list[cw.CollapseWarning] = []
+    threads: set[int] = set()
+
+    def on_warning(warning: cw.CollapseWarning) -> None:
+        seen.append(warning)
+        threads.add(threading.get_ident())
+
     with pytest.raises(cw.CollapseDetected) as caught, cw.init(
         name="too hot", config={"lr": COLLAPSING_LR}, server=server_url, stop_on="critical",
-        steps_per_epoch=DIGITS_STEPS_PER_EPOCH, on_warning=seen.append, heartbeat_seconds=0.2,
+        steps_per_epoch=DIGITS_STEPS_PER_EPOCH, on_warning=on_warning, heartbeat_seconds=0.2,
     ) as run:  # fmt: skip
         train_digits(run, lr=COLLAPSING_LR)
     warning = caught.value.warning
     assert warning.severity == "critical" and warning in run.warnings and run.warnings == seen
+    assert threads == {threading.get_ident()}, "on_warning is called in the loop's thread"
     assert warning.kind in str(caught.value) and warning.advice is not None
     stored = api_get(server_url, f"/runs/{run.id}")
     assert stored["status"] == "failed" and stored["error"].startswith("CollapseDetected: critical")

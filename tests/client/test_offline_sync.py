@@ -109,6 +109,26 @@ def test_a_killed_loop_loses_at_most_its_last_flush(tmp_path: Path, server_url: 
     assert (stored["status"], stored["steps"], stored["last_step"]) == ("running", batches, batches - 1)
 
 
+def test_a_run_left_open_is_finished_at_interpreter_exit_with_every_batch(tmp_path: Path) -> None:
+    """The loop ends without finish(): the exit hook computes the last chunk (the statistics thread is
+    already shut down by then) and ends the run completed, every batch on disk."""
+    script = textwrap.dedent(
+        f"""
+        import torch, collapsewatch as cw
+        run = cw.init(name="left open", mode="offline", dir={str(tmp_path)!r}, flush_batches=10, flush_seconds=60)
+        for step in range(25):
+            run.log_batch(torch.randn(16, 4), torch.softmax(torch.randn(16, 4), -1), step=step)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "could not be computed" not in done.stderr, done.stderr[-2000:]
+    (kept,) = tmp_path.iterdir()
+    lines = [json.loads(line) for line in (kept / "records.jsonl").read_bytes().splitlines()]
+    assert sum(line["batches"] for line in lines if line["path"] == "chunks") == 25
+    assert lines[-1]["path"] == "finish" and lines[-1]["body"]["status"] == "completed"
+
+
 def test_offline_mode_refuses_a_server_and_a_spool_that_cannot_be_made_is_only_logged(
     tmp_path: Path, server_url: str
 ) -> None:
