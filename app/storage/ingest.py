@@ -23,6 +23,7 @@ from app.errors import Conflict, InputError, NotFound
 from app.storage import scalars
 from app.storage.chunks import full_values
 from app.storage.crud import _refuse_control_characters, get_run
+from app.storage.ingest_chunks import chunk_from_body
 from app.storage.ingest_models import (
     MAX_CONFIG_BYTES,
     ChunkAck,
@@ -160,42 +161,6 @@ def append_chunk(*, session: Session, run_id: int, body: ChunkIn) -> tuple[Chunk
     n = len(chunk) if stored else 0
     last_step = last if stored else row.last_step
     return ChunkAck(run_id=run_id, stored=n, steps=row.steps + n, last_step=last_step), stored
-
-
-def chunk_from_body(body: ChunkIn, num_classes: int) -> BatchChunk:
-    """The request as a BatchChunk (the columns it holds, in BATCH_COLUMNS order); a 422 naming the field
-    for a wrong length, an unknown column, steps that do not increase or a class count not the run's."""
-    n = len(body.steps)
-    for name, seq in (("epochs", body.epochs), ("class_hist", body.class_hist)):
-        if len(seq) != n:
-            raise InputError.at(["body", name], f"has {len(seq)} entries for {n} steps: one per step")
-    steps = np.asarray(body.steps, dtype=np.int64)
-    down = np.flatnonzero(np.diff(steps) <= 0)
-    if down.size:
-        i = int(down[0]) + 1
-        raise InputError.at(["body", "steps", i], f"steps must increase: step {steps[i - 1]} is followed by {steps[i]}")
-    known = ", ".join(BATCH_COLUMNS)
-    if not body.values:
-        raise InputError.at(["body", "values"], f"holds no statistic; known columns: {known}")
-    for name, seq in body.values.items():
-        if name not in BATCH_COLUMNS:
-            raise InputError.at(["body", "values", name], f"unknown column {name!r}; known columns: {known}")
-        if len(seq) != n:
-            raise InputError.at(["body", "values", name], f"has {len(seq)} values for {n} steps: one per step")
-    classes = num_classes or len(body.class_hist[0])
-    for i, shares in enumerate(body.class_hist):
-        if len(shares) != classes or not 2 <= classes <= 1000:
-            whose = f"the run's {classes}" if num_classes else f"{classes} (the first row's)"
-            raise InputError.at(["body", "class_hist", i], f"has {len(shares)} class shares for {whose} classes")
-    columns = tuple(name for name in BATCH_COLUMNS if name in body.values)
-    values = np.asarray([body.values[name] for name in columns], dtype=np.float64).T  # "NaN" -> nan
-    return BatchChunk(
-        steps=steps,
-        epochs=np.asarray(body.epochs, dtype=np.int64),
-        values=np.ascontiguousarray(values),
-        class_hist=np.asarray(body.class_hist, dtype=np.float64),
-        columns=columns,
-    )
 
 
 def _same_as_stored(conn: Connection, run_id: int, chunk: BatchChunk) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -76,7 +77,8 @@ def test_an_external_run_starts_running_and_no_worker_claims_it(client: TestClie
     assert client.get("/").status_code == 200
 
 
-def test_chunks_are_stored_as_the_workers_sink_stores_them(any_db: TestClient) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "lists"])
+def test_chunks_are_stored_as_the_workers_sink_stores_them(any_db: TestClient, packed: bool) -> None:
     client, engine = any_db, any_db.app.state.engine
     # uneven chunks that straddle the 16- and 256-batch blocks, so the rollup resumes mid-block
     sizes, start, chunks = [7, 100, 200, 9, 300, 1, 90], 0, []
@@ -85,7 +87,7 @@ def test_chunks_are_stored_as_the_workers_sink_stores_them(any_db: TestClient) -
         start += n
     external = _create(client)["id"]
     for chunk in chunks:
-        response = _post_chunk(client, external, chunk_body(chunk))
+        response = _post_chunk(client, external, chunk_body(chunk, packed=packed))
         assert response.status_code == 201, response.text
         assert response.json()["stored"] == len(chunk)
     assert response.json() == {"run_id": external, "stored": 90, "steps": start, "last_step": start - 1}
@@ -156,6 +158,63 @@ def test_a_bad_chunk_is_a_422_naming_the_field_and_stores_nothing(
     (error, *_) = response.json()["detail"]
     assert error["loc"][: len(loc)] == loc and words in error["msg"], error
     assert client.get(f"/api/runs/{run_id}").json()["steps"] == 0
+
+
+def _b64(values: list[float]) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f8").tobytes()).decode()
+
+
+def _packed(n: int = 3, **change: Any) -> dict[str, Any]:
+    """_good's chunk packed: loss 1.0 and entropy_mean 0.5 per step, uniform shares over 8 classes."""
+    packed = {
+        "columns": ["loss", "entropy_mean"],
+        "values": _b64([1.0] * n + [0.5] * n),
+        "class_hist": _b64([1 / 8] * 8 * n),
+    }
+    return {"steps": list(range(n)), "epochs": [0] * n, "packed": packed | change}
+
+
+@pytest.mark.parametrize(
+    "body,loc,words",
+    [
+        (_packed(values="not base64!"), ["body", "packed", "values"], "is not base64"),
+        (
+            _packed(values=base64.b64encode(b"1234567").decode()),
+            ["body", "packed", "values"],
+            "whole number of float64",
+        ),
+        (_packed(values=_b64([1.0] * 5)), ["body", "packed", "values"], "5 values for 2 columns x 3 steps"),
+        (_packed(columns=["loss", "los"]), ["body", "packed", "columns", 1], "unknown column 'los'"),
+        (_packed(columns=["loss", "loss"]), ["body", "packed", "columns", 1], "named twice"),
+        (_packed(columns=[]), ["body", "packed", "columns"], "at least 1"),
+        (_packed(class_hist=_b64([0.5] * 6)), ["body", "packed", "class_hist"], "of the run's 8 classes"),
+        (_packed(class_hist=_b64([1.5] + [0.0] * 23)), ["body", "packed", "class_hist"], "step 0 of the chunk"),
+        (_packed(class_hist=_b64([float("nan")] * 24)), ["body", "packed", "class_hist"], "outside [0, 1]"),
+        ({**_packed(), "values": {"loss": [1.0] * 3}}, ["body", "packed"], "not both"),
+        ({"steps": [0], "epochs": [0]}, ["body", "values"], "is required"),
+    ],
+)
+def test_a_bad_packed_chunk_is_a_422_naming_the_field_and_stores_nothing(
+    client: TestClient, body: dict[str, Any], loc: list[Any], words: str
+) -> None:
+    run_id = _create(client)["id"]
+    response = _post_chunk(client, run_id, body)
+    assert response.status_code == 422, response.text
+    (error, *_) = response.json()["detail"]
+    assert error["loc"][: len(loc)] == loc and words in error["msg"], error
+    assert client.get(f"/api/runs/{run_id}").json()["steps"] == 0
+
+
+def test_a_packed_chunk_keeps_nan_and_equals_its_lists(client: TestClient) -> None:
+    listed, packed = _create(client)["id"], _create(client)["id"]
+    body = _packed(values=_b64([1.0, float("nan"), float("inf"), 0.5, 0.5, 0.5]))
+    assert _post_chunk(client, packed, body).status_code == 201
+    lists = {**_good(), "values": {"loss": [1.0, "NaN", "Infinity"], "entropy_mean": [0.5] * 3}}
+    assert _post_chunk(client, listed, lists).status_code == 201
+    a, b = (client.get(f"/api/runs/{i}/stats").json() for i in (listed, packed))
+    assert a["columns"] == b["columns"] and a["class_hist"] == b["class_hist"]
+    assert b["nonfinite"]["loss"] == [[1, "NaN"], [2, "Infinity"]]
+    assert _post_chunk(client, packed, body).json()["stored"] == 0, "an exact repeat, packed, stores nothing"
 
 
 def test_a_repeated_chunk_stores_nothing_and_an_overlapping_one_is_a_409(any_db: TestClient) -> None:
