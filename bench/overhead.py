@@ -62,9 +62,11 @@ class Bench:
         included: synced at both ends). The recorder, sink and writer live across segments, as in a
         run of thousands of steps; what only happens at a run's end is timed once, in `finish`."""
         if variant == "collapsewatch" and self.recorder is None:
+            cfg = self.cfg
             self.recorder = StatsRecorder(
-                8, self.device, 50, label_smoothing=self.cfg.label_smoothing, max_grad_norm=self.cfg.max_grad_norm
-            )
+                8, self.device, cfg.flush_batches, max_grad_norm=cfg.max_grad_norm, temperature=cfg.temperature,
+                deploy_temperature=cfg.deploy_temperature,
+            )  # fmt: skip
             self.sink = self.sink_factory()
         if variant == "tensorboard" and self.writer is None:
             self.writer = _tensorboard_writer()

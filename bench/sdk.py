@@ -26,7 +26,7 @@ from bench.live_server import load_average, serve
 from bench.models import SHAPES
 from trainer.monitor import stats_from_logits
 
-VARIANTS = ("none", "collapsewatch", "wandb", "tensorboard", "mlflow")
+VARIANTS = ("none", "collapsewatch", "collapsewatch_offline", "wandb", "tensorboard", "mlflow")
 
 
 class SmallCNN(nn.Module):
@@ -99,10 +99,14 @@ def _peer_stats(columns: tuple[str, ...]) -> Callable[[torch.Tensor, torch.Tenso
     return stats
 
 
-def _collapsewatch(base: str, tmp: Path) -> Logger:
+def _collapsewatch(base: str | None, tmp: Path) -> Logger:
+    """The client with its defaults, against the server (`base`), or offline (None): the client's own cost."""
     import collapsewatch as cw
 
-    run = cw.init(name="bench-sdk", server=base, dir=tmp / "spool")
+    if base is None:
+        run = cw.init(name="bench-sdk", mode="offline", dir=tmp / "offline")
+    else:
+        run = cw.init(name="bench-sdk", server=base, dir=tmp / "spool")
     return (lambda step, z, t, loss: run.log_batch(z, t, loss=loss)), run.finish
 
 
@@ -247,8 +251,10 @@ def main() -> None:
         "",
         f"Each peer logs {len(columns)} scalars per step, as many as collapsewatch records "
         "(its columns), computed by the trainer's kernel per batch and read by `.item()` each. collapsewatch: "
-        "`cw.init(server=...)` against `collapsewatch serve` (1 worker, SQLite) on 127.0.0.1, "
-        '`log_batch(logits, targets, loss=loss)`. W&B 0.31 `init(mode="offline")` + `log(dict, step)`; '
+        "`cw.init(server=...)` against `collapsewatch serve` (1 worker, SQLite) on 127.0.0.1, on the same two "
+        "cores, with the client's defaults, `log_batch(logits, targets, loss=loss)`; collapsewatch_offline: "
+        '`cw.init(mode="offline")`, the client\'s own cost (the run written to disk, no server). '
+        'W&B 0.31 `init(mode="offline")` + `log(dict, step)`; '
         "TensorBoard `add_scalar` each; MLflow-skinny `log_metrics(dict, step)`, async logging, file store.",
         "",
     ]
@@ -265,6 +271,7 @@ def main() -> None:
         for name in args.shapes:
             make: dict[str, Callable[[], Any]] = {
                 "collapsewatch": lambda: _collapsewatch(base, tmp),
+                "collapsewatch_offline": lambda: _collapsewatch(None, tmp),
                 "wandb": lambda: _wandb(tmp, _peer_stats(columns)),
                 "tensorboard": lambda: _tensorboard(tmp, _peer_stats(columns)),
                 "mlflow": lambda: _mlflow(tmp, _peer_stats(columns)),

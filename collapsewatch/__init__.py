@@ -43,8 +43,8 @@ def init(
     stop_on: str | None = None,
     on_warning: Callable[[CollapseWarning], Any] | None = None,
     token: str | None = None,
-    flush_batches: int = 50,
-    flush_seconds: float = 0.25,
+    flush_batches: int = 1024,
+    flush_seconds: float = 0.5,
     flush_timeout: float = 10.0,
     max_pending_batches: int = 100_000,
     heartbeat_seconds: float = 1.0,
@@ -62,8 +62,7 @@ def init(
     label_smoothing, deploy_temperature, max_grad_norm, lr, ...) also tell the detector how the loop
     trains. `steps_per_epoch` (len(loader)) sizes the detector's warm-up and persistence (default 100).
     `stop_on` ("warning" or "critical"): the next `log_batch` after such a warning raises
-    `CollapseDetected`. `on_warning(warning)` is called, in the training thread (at the next `log_batch`,
-    `log_eval` or `finish` after the warning), for every warning.
+    `CollapseDetected`. `on_warning(warning)` is called, in the training thread, for every warning.
     Statistics are sent a chunk at a time: every `flush_batches` batches (at most 1,024) or
     `flush_seconds`; `finish` waits up to `flush_timeout` s for the rest to be sent.
     """

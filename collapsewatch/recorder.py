@@ -3,15 +3,13 @@
 `record()` keeps detached views of the tensors the loop made anyway (no copy, no kernel, no sync). A chunk
 stacks them and computes every statistic at once (`trainer.monitor.rows_from_logits`: what a loss would
 have held, its soft cross-entropy included), and `trainer.host_copies` ships it to the host without
-waiting on CUDA, or computes it in its background thread on the CPU. A batch of another shape or settings
-flushes first, so a chunk always stacks.
+waiting on CUDA. A batch of another shape or settings flushes first, so a chunk always stacks.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
@@ -70,37 +68,45 @@ def _kind(value: Any) -> str:
     return "none" if value is None else ("tensor" if isinstance(value, torch.Tensor) else "float")
 
 
+# a chunk also ends when the tensors it keeps alive reach this many bytes (many classes, large batches)
+MAX_CHUNK_BYTES = 64 * 2**20
+
+
+def signature(logits: torch.Tensor, targets: torch.Tensor) -> tuple[Any, ...]:
+    """What a batch's tensors share with the batches they may stack with (shapes, dtypes, device): a few
+    attribute reads, so a loop's batch is checked only when it changes."""
+    return (logits.shape, targets.shape, logits.dtype, targets.dtype, logits.device)
+
+
 class LogitsRecorder:
     """Per-batch references in, `Recorded` chunks out (`ready()`), in step order."""
 
-    def __init__(
-        self,
-        capacity: int,
-        *,
-        deploy_temperature: float = 1.0,
-        max_grad_norm: float | None = None,
-        on_ready: Callable[[], object] | None = None,
-    ) -> None:
-        """`on_ready`: called from the statistics thread when a chunk computed there is ready (CPU)."""
+    def __init__(self, capacity: int, *, deploy_temperature: float = 1.0, max_grad_norm: float | None = None) -> None:
         self.capacity, self.deploy_temperature, self.max_grad_norm = capacity, deploy_temperature, max_grad_norm
-        self._on_ready = on_ready
         self._batches: list[tuple[torch.Tensor, torch.Tensor, Any, Any]] = []  # logits, targets, loss, grad
         self._steps: list[int] = []
         self._epochs: list[int] = []
         self._lrs: list[float] = []
         self._key: _Key | None = None
+        self._same: tuple[Any, ...] | None = None  # what the batches of the chunk share (cheap to compare)
+        self._limit = capacity  # batches in this chunk: the capacity, or fewer for large tensors
         self._since = time.perf_counter()
         self._first = True
         self._copies: HostCopies[_Meta] = HostCopies()
 
     @property
     def full(self) -> bool:
-        return len(self._steps) >= self.capacity
+        return len(self._steps) >= self._limit
 
     @property
     def flushed(self) -> bool:
         """Whether a chunk has been flushed (the first carries the targets the detector's profile comes from)."""
         return not self._first
+
+    @property
+    def pending(self) -> bool:
+        """Whether flushed chunks wait for `ready()`."""
+        return len(self._copies) > 0
 
     def __len__(self) -> int:
         """Batches recorded since the last flush."""
@@ -118,22 +124,35 @@ class LogitsRecorder:
         epoch: int,
         temperature: float,
         label_smoothing: float,
+        tensors: tuple[Any, ...] | None = None,
     ) -> None:
         """One batch: raw logits (B, C), targets (B, C) or (B,) class indices, loss and grad norm as 0-d
-        tensors, numbers or None. References only: detach() is a view, no kernel runs."""
-        loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
-        grad_norm = grad_norm.detach() if isinstance(grad_norm, torch.Tensor) else grad_norm
-        key = _Key(
-            tuple(logits.shape), tuple(targets.shape), logits.dtype, targets.dtype, logits.device,
-            temperature, label_smoothing, _kind(loss), _kind(grad_norm), lr is not None,
-        )  # fmt: skip
-        if key != self._key:
-            self.flush()
-            self._key = key
-        self._batches.append((logits.detach(), targets.detach(), loss, grad_norm))
+        tensors, numbers or None. References only: detach() is a view, no kernel runs. `tensors`: the
+        batch's `signature`, when the caller has it."""
+        same = (tensors or signature(logits, targets), temperature, label_smoothing, type(loss), type(grad_norm),
+                lr is None)  # fmt: skip
+        if same != self._same:
+            self._new_chunk(same, logits, targets, loss, grad_norm, lr, temperature, label_smoothing)
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+        if isinstance(grad_norm, torch.Tensor):
+            grad_norm = grad_norm.detach()
+        self._batches.append((logits.detach(), targets.detach() if targets.requires_grad else targets, loss, grad_norm))
         self._steps.append(step)
         self._epochs.append(epoch)
         self._lrs.append(math.nan if lr is None else float(lr))
+
+    def _new_chunk(self, same: tuple[Any, ...], logits: torch.Tensor, targets: torch.Tensor, loss: Any,
+                   grad_norm: Any, lr: float | None, temperature: float, label_smoothing: float) -> None:  # fmt: skip
+        """A batch unlike the chunk's: the chunk is flushed and the next one keyed by this batch."""
+        self.flush()
+        self._same = same
+        self._key = _Key(
+            tuple(logits.shape), tuple(targets.shape), logits.dtype, targets.dtype, logits.device,
+            temperature, label_smoothing, _kind(loss), _kind(grad_norm), lr is not None,
+        )  # fmt: skip
+        held = logits.element_size() * logits.numel() + targets.element_size() * targets.numel()
+        self._limit = max(1, min(self.capacity, MAX_CHUNK_BYTES // max(1, held)))
 
     def flush(self) -> None:
         n = len(self._steps)
@@ -153,7 +172,7 @@ class LogitsRecorder:
             grads=[float(v) for v in grads] if key.grad_kind == "float" else None,
             with_targets=with_targets,
         )
-        self._copies.submit(compute, meta, device=key.device, on_done=self._on_ready)
+        self._copies.submit(compute, meta)
         self._first = False
         self._batches, self._steps, self._epochs, self._lrs, self._since = [], [], [], [], now
 

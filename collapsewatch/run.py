@@ -13,7 +13,6 @@ import atexit
 import logging
 import math
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from collapsewatch.detection import Watch
-from collapsewatch.recorder import LogitsRecorder, Recorded
+from collapsewatch.recorder import LogitsRecorder, Recorded, signature
 from collapsewatch.scalars import ScalarChunk, ScalarRecorder, check_names
 from trainer.evaluation import evaluate_predictions, soft_cross_entropy
 from trainer.monitor import as_distributions
@@ -84,22 +83,18 @@ class Run:
         self._temperature = _number(self.config, "temperature", 1.0)
         self._smoothing = _number(self.config, "label_smoothing", 0.0)
         self._deploy = _number(self.config, "deploy_temperature", 1.0)
-        # chunks are delivered (detector, then transport) in order by one thread at a time: the loop's, or the
-        # statistics thread as soon as it has computed one (so a paused loop does not hold it back)
-        self._delivering = threading.Lock()
         self._recorder = LogitsRecorder(
             min(flush_batches, MAX_FLUSH_BATCHES),
             deploy_temperature=self._deploy,
             max_grad_norm=_number(self.config, "max_grad_norm", None),
-            on_ready=self._deliver_landed,
         )
         self._watch = Watch(self.config, steps_per_epoch)
         self._scalars = ScalarRecorder()
         self._num_classes: int | None = None
+        self._checked: tuple[Any, ...] | None = None  # the signature of the last batch _check passed
         self._next_step, self._epoch = 0, 0
         self._last_flush = self._started = time.perf_counter()
         self._stop: CollapseWarning | None = None
-        self._callbacks_due: list[CollapseWarning] = []
         self._started_sent = False
         self.finished = False
         _watch_uncaught_exceptions()
@@ -151,7 +146,13 @@ class Run:
         if self._stop is not None:
             warning, self._stop = self._stop, None
             raise CollapseDetected(warning)
-        self._check(logits, targets)
+        try:
+            tensors = signature(logits, targets)
+        except AttributeError:  # not tensors: _check says what is wrong
+            tensors = None
+        if tensors is None or tensors != self._checked:  # checked once per shape, dtype and device
+            self._check(logits, targets)
+            self._checked = tensors
         if scalars:
             check_names(scalars, self._scalars.names)
         step = self._next_step if step is None else int(step)
@@ -168,6 +169,7 @@ class Run:
             epoch=self._epoch,
             temperature=self._temperature if temperature is None else float(temperature),
             label_smoothing=self._smoothing if label_smoothing is None else float(label_smoothing),
+            tensors=tensors,
         )
         if scalars:
             self._scalars.record(step, scalars)
@@ -180,11 +182,11 @@ class Run:
             self._recorder.flush()
             self._scalars.flush()
             self._last_flush = now
-        with self._delivering:
+        if self._recorder.pending:
             self._deliver(self._recorder.ready())
-        for chunk in self._scalars.ready():
-            self._transport.send_scalars(chunk)
-        self._call_back()
+        if self._scalars.names:
+            for chunk in self._scalars.ready():
+                self._transport.send_scalars(chunk)
 
     def log_eval(
         self,
@@ -212,11 +214,9 @@ class Run:
             probs, t, value, max(step, 0), self._epoch if epoch is None else int(epoch), deployed_probs=deployed
         )
         if not self.finished:
-            with self._delivering:
-                self._transport.send_eval(record)
-                for warning in self._watch.observe_eval(record):
-                    self._warn(warning)
-            self._call_back()
+            self._transport.send_eval(record)
+            for warning in self._watch.observe_eval(record):
+                self._warn(warning)
         return record
 
     def _check(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -243,18 +243,6 @@ class Run:
             for warning in warnings:
                 self._warn(warning)
 
-    def _deliver_landed(self) -> None:
-        """In the statistics thread: deliver what has landed, unless the loop's thread is delivering now (it
-        takes this chunk then, or at its next call; waiting here could deadlock a finish() waiting for us)."""
-        if not self._delivering.acquire(blocking=False):
-            return
-        try:
-            self._deliver(self._recorder.ready())
-        except Exception:  # the loop's next call or finish() meets the same error and reports it
-            log.exception("collapsewatch: delivering the statistics of run %s failed", self.id)
-        finally:
-            self._delivering.release()
-
     def _warn(self, warning: CollapseWarning) -> None:
         self.warnings.append(warning)
         self._transport.send_warning(warning)
@@ -262,12 +250,7 @@ class Run:
         if self._stop_rank is not None and rank >= self._stop_rank and self._stop is None:
             self._stop = warning
         if self._on_warning is not None:
-            self._callbacks_due.append(warning)  # called in the loop's thread (_call_back), whoever delivered
-
-    def _call_back(self) -> None:
-        """on_warning for each warning raised since the last call, in the loop's thread."""
-        while self._callbacks_due and self._on_warning is not None:
-            self._on_warning(self._callbacks_due.pop(0))
+            self._on_warning(warning)
 
     # --- the end --------------------------------------------------------------------------------
     def finish(self, status: str = "completed", error: str | None = None) -> bool:
@@ -281,16 +264,11 @@ class Run:
         try:
             self._recorder.flush()
             self._scalars.flush()
-            with self._delivering:
-                self._deliver(self._recorder.ready(wait=True))  # a sync point, at the end
+            self._deliver(self._recorder.ready(wait=True))  # a sync point, at the end
             for chunk in self._scalars.ready(wait=True):
                 self._transport.send_scalars(chunk)
         except Exception:
             log.exception("collapsewatch: the last statistics of run %s could not be computed", self.id)
-        try:
-            self._call_back()
-        except Exception:  # the run still ends
-            log.exception("collapsewatch: on_warning raised while run %s finished", self.id)
         if status == "completed" and any(w.kind == "nonfinite_loss" for w in self.warnings):
             status = "diverged"
         duration = time.perf_counter() - self._started

@@ -11,6 +11,7 @@ for up to CLASS_MAJOR_MAX_CLASSES classes (an unrolled loop over more would cost
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -20,8 +21,22 @@ CLASS_MAJOR_MAX_CLASSES = 32
 ONE_HOT_THRESHOLD = 0.99  # monitor.ONE_HOT_THRESHOLD (imported from here, one definition)
 
 
+# a chunk's statistics are computed this many samples (batches x batch size) at a time: the dozen (n, C, B)
+# temporaries then stay in the CPU's caches (per sample, 64 x 256 cost 0.11 us, 250 x 256 0.17 us; 1 core)
+PIECE_SAMPLES = 16_384
+
+
 def use_class_major(logits: torch.Tensor) -> bool:
     return logits.device.type == "cpu" and 2 <= logits.shape[-1] <= CLASS_MAJOR_MAX_CLASSES
+
+
+def in_pieces(rows_of: Callable[..., torch.Tensor], *chunk: torch.Tensor) -> torch.Tensor:
+    """rows_of(*tensors) over slices of the chunk's batches (dim 0 of each tensor), concatenated."""
+    n, b = chunk[0].shape[:2]
+    step = max(1, PIECE_SAMPLES // max(1, b))
+    if n <= step:
+        return rows_of(*chunk)
+    return torch.cat([rows_of(*(t[i : i + step] for t in chunk)) for i in range(0, n, step)])
 
 
 def class_major(x: torch.Tensor) -> torch.Tensor:

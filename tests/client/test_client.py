@@ -354,3 +354,18 @@ def test_an_uncaught_exception_at_interpreter_exit_fails_the_run(settings: Setti
         (item,) = client.get("/api/runs").json()["items"]
         stored = client.get(f"/api/runs/{item['id']}").json()
     assert (stored["status"], stored["error"], stored["steps"]) == ("failed", "ValueError: the loader ran dry", 3)
+
+
+def test_a_chunk_ends_before_the_tensors_it_holds_pass_64_mb() -> None:
+    rec = LogitsRecorder(1024)
+    small = (torch.randn(256, 8), torch.softmax(torch.randn(256, 8), -1))
+    for step in range(10):
+        rec.record(*small, loss=None, grad_norm=None, lr=None, step=step, epoch=0, temperature=1, label_smoothing=0)
+    assert not rec.full, "16 kB a batch: the chunk holds up to its 1,024 batches"
+    big = (torch.randn(2048, 2000), torch.softmax(torch.randn(2048, 2000), -1))  # 32 MB a batch
+    rec.record(*big, loss=None, grad_norm=None, lr=None, step=10, epoch=0, temperature=1, label_smoothing=0)
+    assert len(rec) == 1 and not rec.full, "a batch of another shape starts a chunk of its own"
+    rec.record(*big, loss=None, grad_norm=None, lr=None, step=11, epoch=0, temperature=1, label_smoothing=0)
+    assert rec.full, "two such batches are 64 MB kept alive: the chunk is full"
+    rec.flush()
+    assert [len(r.chunk) for r in rec.ready(wait=True)] == [10, 2]

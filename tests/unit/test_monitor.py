@@ -171,8 +171,7 @@ def test_recorder_reuses_the_loss_tensors_and_matches_a_recomputation():
 
 
 def test_recording_a_step_dispatches_no_tensor_op():
-    """record() keeps references only: not one kernel per batch (the statistics come per chunk, and on the
-    CPU from the background thread)."""
+    """record() keeps references only: not one kernel per batch (the statistics come per chunk)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
@@ -193,6 +192,6 @@ def test_recording_a_step_dispatches_no_tensor_op():
             rec.record(z, p, grad_norm, step, 0, 0.1)
         assert count.ops == [], count.ops
         rec.flush()
-        assert count.ops == [], "on the CPU the chunk's statistics are computed off the training thread"
+    assert count.ops, "the chunk's statistics are computed at flush"
     (chunk,) = rec.ready(wait=True)
     assert list(chunk.steps) == [0, 1, 2, 3, 4] and np.isfinite(chunk.column("entropy_mean")).all()
