@@ -27,6 +27,7 @@ from app.core.config import Settings
 from app.errors import InputError
 from trainer import TrainConfig
 from trainer.budget import TABLE_BYTES_PER_CELL, estimate
+from trainer.config import processes_problem
 from trainer.table_checks import TableError
 
 
@@ -55,17 +56,27 @@ class Limits:
 
 
 def check_run(cfg: TrainConfig, limits: Limits, rows: int | None = None, features: int | None = None) -> None:
-    """InputError (422 at `config`) when the run would need more memory or time than the server allows."""
+    """InputError (422 at `config`) when the run would need more memory or time than the server allows, or more
+    CUDA devices than this machine has (422 at `config.processes`)."""
+    problem = processes_problem(cfg.processes, cfg.device)
+    if problem is not None:
+        raise InputError.at(["body", "config", "processes"], problem, "value_error.config")
     cost = estimate(cfg, rows=rows, features=features)
+    # every process of a run holds the data, the model and the torch runtime: the memory is per process. The
+    # time stays one process's: on the CPU the processes share the worker's cores (bench/RESULTS.md, ddp)
+    memory, described = cost.memory_bytes * cfg.processes, cost.describe()
+    if cfg.processes > 1:
+        described += f", on each of {cfg.processes} processes: {memory / 2**20:,.0f} MB in all"
     over = []
-    if cost.memory_bytes > limits.run_memory_bytes:
+    if memory > limits.run_memory_bytes:
         over.append(f"the memory budget of {limits.run_memory_bytes // 2**20:,} MB (COLLAPSEWATCH_MAX_RUN_MEMORY_MB)")
     if cost.seconds > limits.run_seconds:
         over.append(f"the time budget of {limits.run_seconds / 3600:g} h (COLLAPSEWATCH_MAX_RUN_HOURS)")
     if over:
+        fewer = "fewer processes, samples" if cfg.processes > 1 else "fewer samples"
         raise InputError.at(
             ["body", "config"],
-            f"this run would need {cost.describe()}: over {' and '.join(over)}. Use fewer samples, features, "
+            f"this run would need {described}: over {' and '.join(over)}. Use {fewer}, features, "
             "epochs or narrower hidden layers",
             "value_error.budget",
         )

@@ -87,6 +87,8 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"
+    # one run on several processes (torch.distributed): gloo on the CPU, one CUDA device per process (NCCL)
+    processes: int = 1
     # model
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
@@ -111,6 +113,9 @@ class TrainConfig:
         return from_dict(overrides, base=self)
 
 
+# the most processes one run may use (a node's GPUs, or its CPU cores)
+MAX_PROCESSES = 64
+
 # Numeric ranges, inclusive unless the field is in _EXCLUSIVE_LOW / _EXCLUSIVE_HIGH; None = unbounded.
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "label_smoothing": (0.0, 1.0),
@@ -125,6 +130,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "momentum": (0.0, 1.0),
     "epochs": (1, 10000),
     "batch_size": (1, 65536),
+    "processes": (1, MAX_PROCESSES),
     "dropout": (0.0, 1.0),
     "eval_interval": (0, 10_000_000),
     "stats_interval": (1, 1_000_000),
@@ -208,6 +214,8 @@ def _validate(cfg: TrainConfig) -> None:
         errors.append(("device", f'must be "auto", "cpu", "cuda" or "cuda:N", got {cfg.device!r}'))
     if cfg.data.kind == "table" and not cfg.data.path:
         errors.append(("data.path", 'is required when data.kind is "table"'))
+    if not errors:
+        errors += _processes_errors(cfg)
     _check_applies(cfg, errors)
     if errors:
         raise ConfigError(errors)
@@ -232,6 +240,47 @@ def device_problem(device: str, cuda_devices: int | None = None) -> str | None:
     if index and (len(index) > 9 or int(index) >= cuda_devices):  # len: int() of 5,000 digits raises
         last = "cuda:0" if cuda_devices == 1 else f"cuda:0 to cuda:{cuda_devices - 1}"
         return f"{device!r} does not exist: this machine has {cuda_devices} CUDA device(s), {last}"
+    return None
+
+
+def _processes_errors(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """What a run on several processes needs of the config itself (the machine is checked by `processes_problem`)."""
+    p, errors = cfg.processes, []
+    if p > 1 and cfg.batch_size % p:
+        errors.append(
+            (
+                "batch_size",
+                f"must be divisible by processes ({p}): each process trains batch_size / processes samples of "
+                f"every batch, got batch_size {cfg.batch_size}",
+            )
+        )
+    if p > 1 and cfg.device.startswith("cuda:"):
+        errors.append(
+            (
+                "device",
+                f'processes {p} train on cuda:0 to cuda:{p - 1}, one device each: name "cuda" (or "auto", or "cpu"), '
+                f"got {cfg.device!r}",
+            )
+        )
+    return errors
+
+
+def processes_problem(processes: int, device: str, cuda_devices: int | None = None) -> str | None:
+    """Why this machine cannot train a well-formed config on `processes` processes, or None when it can:
+    on CUDA ("cuda", or "auto" where CUDA is present) each process needs a device of its own."""
+    if processes <= 1 or device == "cpu":
+        return None
+    if cuda_devices is None:
+        import torch  # here, not at the top: building and checking a config needs no torch
+
+        cuda_devices = torch.cuda.device_count()
+    if device == "auto" and cuda_devices == 0:
+        return None  # the CPU: gloo, any number of processes
+    if processes > cuda_devices:
+        return (
+            f"processes {processes} on device {device!r} need {processes} CUDA devices, one per process, and this "
+            f'machine has {cuda_devices}: use at most {cuda_devices} processes, or device "cpu"'
+        )
     return None
 
 

@@ -62,6 +62,11 @@ def make_optimizer(cfg: TrainConfig, model: MLP) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+# A rank's share of a batch's loss (trainer/distributed.py `loss_share`): (logits, its parts) -> the parts it
+# records, with `trained` scaled so that DDP's averaged gradient is the whole batch's
+LossShare = Callable[[torch.Tensor, LossParts], LossParts]
+
+
 def optimization_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -69,10 +74,15 @@ def optimization_step(
     t: torch.Tensor,
     cfg: TrainConfig,
     class_weights: torch.Tensor | None,
+    share: LossShare | None = None,
 ) -> tuple[torch.Tensor, LossParts, torch.Tensor]:
     """Forward, objective, backward, clipping, update; returns logits (B, C), the loss parts, grad norm."""
     logits = model(x)  # (B, C)
-    parts = objective_from_config(logits, t, model.head.weight, cfg, class_weights)
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)  # a run on several processes
+    head = model.module.head if ddp else model.head
+    parts = objective_from_config(logits, t, head.weight, cfg, class_weights)
+    if share is not None:
+        parts = share(logits, parts)
     optimizer.zero_grad(set_to_none=True)
     parts.trained.backward()
     params = [p for p in model.parameters() if p.grad is not None]
@@ -109,18 +119,12 @@ class _Run:
         self.t_val = torch.from_numpy(data.t_val).to(device)
         c = data.t_train.shape[1]
         self.model = MLP(data.x_train.shape[1], cfg.hidden_sizes, c, cfg.dropout, cfg.activation).to(device)
+        self.net: torch.nn.Module = self.model  # what trains: a rank's run wraps the model in DDP
         self.optimizer = make_optimizer(cfg, self.model)
         self.class_weights = resolve_class_weights(cfg, self.t)
         self.steps_per_epoch = math.ceil(len(self.x) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.recorder = StatsRecorder(
-            c,
-            device,
-            capacity=cfg.flush_batches,
-            max_grad_norm=cfg.max_grad_norm,
-            temperature=cfg.temperature,
-            deploy_temperature=cfg.deploy_temperature,
-        )
+        self.recorder = self.make_recorder(c)
         self.detector = CollapseDetector(cfg, data.profile, self.steps_per_epoch)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.warnings: list[CollapseWarning] = []
@@ -128,13 +132,33 @@ class _Run:
         self.last_eval: EvalRecord | None = None
         self.step = 0
 
+    def make_recorder(self, num_classes: int) -> StatsRecorder:
+        cfg = self.cfg
+        return StatsRecorder(
+            num_classes,
+            self.device,
+            capacity=cfg.flush_batches,
+            max_grad_norm=cfg.max_grad_norm,
+            temperature=cfg.temperature,
+            deploy_temperature=cfg.deploy_temperature,
+        )
+
+    def split(self, idx: torch.Tensor) -> tuple[torch.Tensor, LossShare | None]:
+        """The rows of batch `idx` this process trains, and its share of the batch's loss (None: all of it).
+        A rank's run (trainer/ranks.py) trains its slice."""
+        return idx, None
+
+    def devices(self) -> str:
+        return str(self.device)
+
     def train_step(self, idx: torch.Tensor, epoch: int) -> None:
         cfg = self.cfg
-        x, t = self.x[idx], self.t[idx]
+        rows, share = self.split(idx)
+        x, t = self.x[rows], self.t[rows]
         lr = get_lr(cfg, self.step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits, parts, grad_norm = optimization_step(self.model, self.optimizer, x, t, cfg, self.class_weights)
+        logits, parts, grad_norm = optimization_step(self.net, self.optimizer, x, t, cfg, self.class_weights, share)
         if self.step % cfg.stats_interval == 0:
             record_step(self.recorder, logits, parts, grad_norm, self.step, epoch, lr)
         self.recorder.count(len(idx))
@@ -189,6 +213,10 @@ def train(
     cfg = config if isinstance(config, TrainConfig) else from_dict(config)
     sink = sink or NullSink()
     should_stop = should_stop or (lambda: False)
+    if cfg.processes > 1:  # one process per rank, started and watched from here
+        from trainer.launcher import launch
+
+        return launch(cfg, sink, should_stop)
     started = time.perf_counter()
     run: _Run | None = None
     status, error, epoch = "completed", None, 0
@@ -201,7 +229,7 @@ def train(
         if run is None or should_stop():
             status, run = "cancelled", None  # nothing started: no statistics to flush
         else:
-            sink.on_start(_run_info(cfg, run, data, device))
+            sink.on_start(_run_info(cfg, run, data))
             status, epoch = _loop(run, should_stop)
     except Exception as exc:  # the run fails; what was measured still reaches the sink
         status, error = "failed", describe_out_of_memory(exc) or f"{type(exc).__name__}: {exc}"
@@ -255,11 +283,11 @@ def _loop(run: _Run, should_stop: Callable[[], bool]) -> tuple[str, int]:
     return "completed", cfg.epochs
 
 
-def _run_info(cfg: TrainConfig, run: _Run, data: SoftLabelData, device: torch.device) -> RunInfo:
+def _run_info(cfg: TrainConfig, run: _Run, data: SoftLabelData) -> RunInfo:
     weights = run.class_weights
     return RunInfo(
         config=cfg.to_dict(),
-        device=str(device),
+        device=run.devices(),
         num_classes=data.t_train.shape[1],
         columns=BATCH_COLUMNS,
         profile=data.profile,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -19,7 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from trainer import losses
-from trainer.class_major import ONE_HOT_THRESHOLD, class_major, rows_class_major, stats_class_major, use_class_major
+from trainer.class_major import (
+    ONE_HOT_THRESHOLD,
+    class_major,
+    in_pieces,
+    rows_class_major,
+    stats_class_major,
+    use_class_major,
+)
 from trainer.host_copies import HostCopies
 from trainer.records import BATCH_COLUMNS, BatchChunk
 
@@ -80,11 +88,16 @@ def chunk_stats(
     None when it equals the training temperature (then they are `probs` themselves).
     """
     if use_class_major(logits):
-        pt = class_major(probs)
-        return stats_class_major(
-            class_major(logits), pt, entropy, pt.amax(1), class_major(targets), target_entropy, step_values,
-            max_grad_norm=max_grad_norm, deploy_temperature=deploy_temperature,
-        )  # fmt: skip
+
+        def rows_of(z: torch.Tensor, p: torch.Tensor, h: torch.Tensor, t: torch.Tensor, h_t: torch.Tensor,
+                    values: torch.Tensor) -> torch.Tensor:  # fmt: skip
+            pt = class_major(p)
+            return stats_class_major(
+                class_major(z), pt, h, pt.amax(1), class_major(t), h_t, values,
+                max_grad_norm=max_grad_norm, deploy_temperature=deploy_temperature,
+            )  # fmt: skip
+
+        return in_pieces(rows_of, logits, probs, entropy, targets, target_entropy, step_values)
     n, b, c = logits.shape
     dtype = probs.dtype
     # CPU kernels that reduce over a middle axis or return indices (max, std, mean over B) cost
@@ -194,10 +207,11 @@ def rows_from_logits(
     values[:, 5] = values[:, 5].square()
     targets = as_distributions(raw_targets, logits.shape[-1], values.dtype)
     if use_class_major(logits):
-        return rows_class_major(
-            logits, targets, values, temperature=temperature, label_smoothing=label_smoothing,
+        rows_of = partial(
+            rows_class_major, temperature=temperature, label_smoothing=label_smoothing,
             max_grad_norm=max_grad_norm, deploy_temperature=deploy_scale(temperature, deploy_temperature),
         )  # fmt: skip
+        return in_pieces(rows_of, logits, targets, values)
     log_p = F.log_softmax(logits / temperature, dim=-1)  # one fused kernel (CUDA, or a long class axis)
     p = log_p.exp()
     t = losses.smooth_targets(targets, label_smoothing)
@@ -290,9 +304,10 @@ class StatsRecorder:
         self, logits: torch.Tensor, parts: losses.LossParts, grad_norm: torch.Tensor, step: int, epoch: int, lr: float
     ) -> None:
         """One step: its raw logits (B, C), what its loss computed, and its (pre-clipping) grad norm."""
-        if logits.shape[0] != self._batch:
+        size = self._batch_size(logits)
+        if size != self._batch:
             self.flush()
-            self._batch = logits.shape[0]
+            self._batch = size
         self._tensors.append((logits, parts.probs, parts.entropy, parts.targets, parts.target_entropy))
         self._scalars += (parts.total, parts.ce, parts.entropy_term, parts.final_l2, grad_norm, parts.head_sq_norm)
         self._steps.append(step)
@@ -308,12 +323,24 @@ class StatsRecorder:
         if n == 0:
             return
         now = time.perf_counter()
-        compute = partial(_stacked_stats, self._tensors, self._scalars, self._max_grad_norm, self._deploy)
+        compute = self._chunk_compute(self._tensors, self._scalars)
         self._tensors, self._scalars = [], []
         samples = self._trained or n * self._batch  # a caller that never counts: the recorded batches
         meta = ChunkMeta(self._steps, self._epochs, self._lrs, samples, now - self._since)
-        self._copies.submit(compute, meta, device=self.device)
+        if compute is not None:
+            self._copies.submit(compute, meta)
         self._steps, self._epochs, self._lrs, self._since, self._trained = [], [], [], now, 0
+
+    def _batch_size(self, logits: torch.Tensor) -> int:
+        """The size whose change starts a new chunk (a rank's recorder: its global batch's)."""
+        return logits.shape[0]
+
+    def _chunk_compute(
+        self, tensors: list[tuple[torch.Tensor, ...]], scalars: list[torch.Tensor]
+    ) -> Callable[[], tuple[torch.Tensor]] | None:
+        """What computes a chunk's statistics from its recorded steps (a rank's recorder gathers them first;
+        None where this process does not compute them)."""
+        return partial(_stacked_stats, tensors, scalars, self._max_grad_norm, self._deploy)
 
     def ready(self, wait: bool = False) -> list[BatchChunk]:
         """Chunks whose copy has landed; with `wait`, all of them (a sync point, used at the end)."""

@@ -76,6 +76,9 @@ FIELD_GROUPS: tuple[FieldGroup, ...] = (
         F("seed", "Seed", "int", "[0, 2³²)", "Seeds the weights and the shuffling."),
         F("device", "Device", "text", "auto | cpu | cuda | cuda:N",
           "Where the worker trains: auto picks CUDA when available."),
+        F("processes", "Processes", "int", "[1, 64]",
+          "One run on this many processes (torch.distributed): gloo on the CPU, one CUDA device each on CUDA. "
+          "batch_size must be divisible by it."),
     )),
     FieldGroup("Model", "A multilayer perceptron from the features to C logits.", (
         F("hidden_sizes", "Hidden layer sizes", "int_list", "integers in [1, 65536]",

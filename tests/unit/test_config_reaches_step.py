@@ -69,6 +69,8 @@ PROBES: dict[str, tuple[dict, Callable[[ListSink], object], int | None]] = {
     "batch_size": ({"batch_size": 16}, n_steps, None),
     "seed": ({"seed": 7}, first("logit_max"), 1),
     "device": ({"device": "auto"}, lambda s: s.info.config["device"], 1),
+    # two processes compute the statistics of one (tests/unit/test_distributed.py): what differs is where it ran
+    "processes": ({"processes": 2}, lambda s: s.info.device, None),
     "hidden_sizes": ({"hidden_sizes": [8, 8]}, lambda s: s.info.n_parameters, 1),
     "dropout": ({"dropout": 0.5}, first("loss"), 1),
     "activation": ({"activation": "tanh"}, first("logit_max"), 1),
