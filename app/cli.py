@@ -82,24 +82,42 @@ def _exit_normally(*_: object) -> None:
 def worker(args: argparse.Namespace) -> int:
     from app.storage.engine import init_db, make_engine
     from app.worker.claim import default_worker_name, run_worker
+    from app.worker.hosts import HostReporter, PoolStatus, report_interval
+    from app.worker.lease import bound_idle_transactions
     from app.worker.pool import WorkerPool, limit_worker_memory
 
     # the pool logs each worker's death (with its exit code) and replacement
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = _settings(args)
     engine = make_engine(settings.database_url)
+    bound_idle_transactions(engine, settings.stale_after_seconds)  # before any connection is made
     init_db(engine)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     timing = {"heartbeat_seconds": settings.heartbeat_seconds, "stale_after_seconds": settings.stale_after_seconds}
+    options = {"poll_seconds": args.poll_seconds, "listen": not args.no_listen}
     print(f"collapsewatch worker: {settings.workers or 1} on {settings.database_url}", flush=True)
     if (settings.workers or 1) == 1:
         limit_worker_memory(settings.worker_memory_limit_mb)
-        run_worker(engine, name=default_worker_name(), stop=stop, **timing)
+        # no pool to supervise: while this process lives, its one worker does
+        reporter = HostReporter(
+            engine,
+            status=lambda: PoolStatus(configured=1, alive=1, restarts=0, last_exit=None),
+            role="worker",
+            interval=report_interval(settings.stale_after_seconds),
+            host=args.name,
+        ).start()
+        try:
+            run_worker(engine, name=default_worker_name(args.name), stop=stop, **timing, **options)
+        finally:
+            reporter.stop()
         return 0
     engine.dispose()
-    pool = WorkerPool(settings.database_url, settings.workers, memory_mb=settings.worker_memory_limit_mb, **timing)
+    memory_mb = settings.worker_memory_limit_mb
+    pool = WorkerPool(
+        settings.database_url, settings.workers, memory_mb=memory_mb, host=args.name, role="worker", **timing, **options
+    )
     pool.start()
     try:
         while not stop.wait(1.0):  # until SIGINT or SIGTERM: the pool replaces workers that die
@@ -224,6 +242,22 @@ def wait_for_run(client: Any, run_id: int, poll_seconds: float = 1.0) -> int:
     return EXIT_COMPLETED if run["status"] == "completed" else EXIT_NOT_COMPLETED
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600 seconds, got {text}")
+    return value
+
+
+def _host_name(text: str) -> str:
+    if not 1 <= len(text) <= 100 or not text.isprintable() or any(c.isspace() or c == ":" for c in text):
+        raise argparse.ArgumentTypeError(f"1 to 100 characters without spaces or ':', got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="collapsewatch", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("worker", help="only workers (e.g. on another machine sharing a PostgreSQL database)")
     p.add_argument("--database-url", help="default sqlite:///./collapsewatch.db (COLLAPSEWATCH_DATABASE_URL)")
     p.add_argument("--workers", type=int, help="worker processes; default 2 (COLLAPSEWATCH_WORKERS)")
+    p.add_argument(
+        "--name",
+        type=_host_name,
+        help="this machine's name in worker names (NAME:pid) and at /api/health; default its host name",
+    )
+    p.add_argument(
+        "--poll-seconds",
+        type=_positive_seconds,
+        default=0.5,
+        help="seconds between claims while idle, default 0.5; on PostgreSQL a NOTIFY ends the wait at once",
+    )
+    p.add_argument("--no-listen", action="store_true", help="poll only: no LISTEN/NOTIFY wake-ups (PostgreSQL)")
     p.set_defaults(func=worker)
 
     p = commands.add_parser("submit", help="queue a run from a TOML or JSON config file")

@@ -31,6 +31,7 @@ CSRF_HEADER, CSRF_FIELD = "x-csrf-token", "csrf_token"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 # reachable without a token: the health check (for probes and load balancers), the login page, assets
 OPEN_PATHS = ("/api/health", "/login", "/static/", "/favicon.ico")
+AUTHORISED = "token_ok"  # request.state's flag: no token is configured, or the request carries it
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
@@ -105,6 +106,8 @@ class SecurityMiddleware:
             status, detail, extra = refusal
             await _send_json(send, status, detail, extra, path)
             return
+        # for the open paths that answer more to those with the token (GET /api/health lists the hosts)
+        scope.setdefault("state", {})[AUTHORISED] = self.token is None or self._authorised(headers)
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -29,6 +29,12 @@ def client_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return spool
 
 
+@pytest.fixture(autouse=True)
+def fresh_worker_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages read the header's worker count afresh in tests (a server keeps it up to 2 s)."""
+    monkeypatch.setattr("app.pages.rendering.HEADER_SECONDS", 0.0)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(

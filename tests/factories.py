@@ -176,12 +176,14 @@ def health_without_workers(database: str) -> dict[str, Any]:
     """/api/health of an app that runs no workers of its own and has no run in progress."""
     return {
         "status": "ok",
+        "cluster": "ok",
         "database": database,
         "workers_configured": 0,
         "workers_alive": 0,
         "worker_restarts": 0,
         "last_worker_exit": None,
         "busy_workers": 0,
+        "hosts": [],
     }
 
 

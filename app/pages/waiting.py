@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from app.storage.models import Run, RunPublic, utcnow
-from app.worker.pool import PoolStatus
+from app.worker.hosts import WorkersOverview
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Waiting:
     message: str | None
 
 
-def waiting_state(session: Session, run: RunPublic, workers: PoolStatus | None) -> Waiting:
+def waiting_state(session: Session, run: RunPublic, workers: WorkersOverview | None) -> Waiting:
     running = int(session.execute(select(func.count()).where(Run.status == "running")).scalar_one())
     position = None
     if run.status == "queued":
@@ -33,7 +33,7 @@ def waiting_state(session: Session, run: RunPublic, workers: PoolStatus | None) 
 
 
 def _message(
-    run: RunPublic, position: int | None, running: int, workers: PoolStatus | None, preparing: bool
+    run: RunPublic, position: int | None, running: int, workers: WorkersOverview | None, preparing: bool
 ) -> str | None:
     if preparing and run.external:
         return f"Waiting for the first statistics from its training loop ({run.worker})."
@@ -43,10 +43,10 @@ def _message(
         return None
     place = "next in the queue" if position == 1 else f"number {position} in the queue ({position - 1} ahead)"
     busy = f"{running} run{'s' if running != 1 else ''} training now"
-    if workers is None:
+    if workers is None or workers.configured == 0:
         who = "this server runs no workers: a `collapsewatch worker` on another machine will claim it"
     elif workers.alive == 0:
-        who = f"no worker of this server is alive ({workers.configured} configured, restarting): it waits"
+        who = f"no worker {workers.where} is alive ({workers.configured} configured, restarting): it waits"
     else:
-        who = f"{workers.alive} of {workers.configured} workers of this server alive"
+        who = f"{workers.alive} of {workers.configured} workers {workers.where} alive"
     return f"Queued: {place}; {busy}; {who}."

@@ -1,7 +1,8 @@
 """Engines and schema: SQLite tuned for one writer per process and many readers, or PostgreSQL.
 
-`init_db` creates missing tables and adds missing columns, so a database written by an older
-version keeps its runs. Nothing here builds an engine at import time.
+`init_db` creates missing tables and adds missing columns (e.g. `run.lease`, with its default for
+existing rows), so a database written by an older version keeps its runs, and on PostgreSQL installs the
+trigger behind the workers' wake-ups. Nothing here builds an engine at import time.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import logging
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import Column
 from sqlmodel import SQLModel
+
+from app.storage.notify import install_notify_trigger
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +90,34 @@ def init_db(engine: Engine) -> list[str]:
     """Create or upgrade the schema; returns the `table.column` names that were added."""
     from app.storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
-    SQLModel.metadata.create_all(engine)
-    _convert_batchstat(engine)
-    added: list[str] = []
-    inspector = inspect(engine)
     with engine.begin() as conn:
-        for table in SQLModel.metadata.sorted_tables:
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present:
-                    # existing rows get the column's default, or NULL (read back as "not recorded")
-                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {_column_ddl(engine, column)}"))
-                    added.append(f"{table.name}.{column.name}")
-        for table in SQLModel.metadata.sorted_tables:
-            for index in table.indexes:
-                index.create(conn, checkfirst=True)
+        if engine.dialect.name == "postgresql":
+            # processes that start together on a new database (a server and its workers on other machines)
+            # take turns: two CREATE TABLEs of one name at once collide in PostgreSQL's catalog
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('collapsewatch schema'))"))
+        SQLModel.metadata.create_all(conn)
+        added = _add_missing_columns(engine, conn)
+    _convert_batchstat(engine)
     if added:
         log.info("database upgraded: added columns %s", ", ".join(added))
+    if install_notify_trigger(engine):
+        log.info("database upgraded: NOTIFY trigger for queued and cancelled runs installed")
+    return added
+
+
+def _add_missing_columns(engine: Engine, conn: Connection) -> list[str]:
+    added: list[str] = []
+    inspector = inspect(conn)
+    for table in SQLModel.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                # existing rows get the column's default, or NULL (read back as "not recorded")
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {_column_ddl(engine, column)}"))
+                added.append(f"{table.name}.{column.name}")
+    for table in SQLModel.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
     return added
 
 

@@ -1,4 +1,5 @@
-"""Database tables (`Run`, `Sweep`, `StatChunk`, `StatBlock`, `EvalStat`, `RunWarning`, `Dataset`) and the API schemas.
+"""Database tables (`Run`, `Sweep`, `StatChunk`, `StatBlock`, `EvalStat`, `RunWarning`, `Dataset`, `WorkerHost`) and
+the API schemas.
 
 Batch statistics are stored a chunk of consecutive batches per row (`StatChunk`), each statistic
 as a packed array: one INSERT per chunk instead of one per batch, and a read of a few thousand
@@ -78,6 +79,9 @@ class Run(RunBase, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     worker: str | None = None
+    # the fencing token of the worker's claim (app/worker/lease.py): +1 at every claim and whenever someone else
+    # marks the run lost; a worker writes for the run only while the lease is still the epoch it claimed with
+    lease: int = 0
     # logged by a user's own loop through the client library (collapsewatch/, POST /api/ingest/runs): created
     # running, never queued, so no worker claims it; its client heartbeats like a worker
     external: bool = False
@@ -203,6 +207,24 @@ class RunWarning(SQLModel, table=True):
     evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     advice: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class WorkerHost(SQLModel, table=True):
+    """A process that runs workers (`collapsewatch serve` or `worker`, on any machine) as it last reported itself,
+    every few seconds on the database's clock (app/worker/hosts.py): a host with no HTTP server is seen this way."""
+
+    __table_args__ = (Index("ix_workerhost_host_pid", "host", "pid", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    host: str = Field(max_length=200)  # the machine's name (or the worker's --name)
+    pid: int
+    role: str = "worker"  # "serve" | "worker"
+    workers_configured: int = 0
+    workers_alive: int = 0
+    restarts: int = 0
+    last_exit: str | None = Field(default=None, sa_type=Text)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
 
 
 class ScalarChunk(SQLModel, table=True):
@@ -470,11 +492,31 @@ class StatusEvent(SQLModel):
     error: str | None
 
 
+class WorkerHostPublic(SQLModel):
+    """A process running workers, as /api/health lists it: `stale` once it has not reported for the stale limit."""
+
+    host: str
+    pid: int
+    role: str
+    workers_configured: int
+    workers_alive: int
+    restarts: int
+    last_exit: str | None
+    started_at: datetime | None
+    updated_at: datetime | None
+    seconds_since_report: float  # on the database's clock
+    stale: bool
+
+
 class HealthPublic(SQLModel):
-    status: str  # "ok"; "degraded" while fewer of this server's worker processes are alive than configured
+    status: str  # "ok"; "degraded" while this server's own pool has fewer workers alive than configured
+    cluster: str = "ok"  # the same over every host that reports (this server's pool included)
     database: str
     workers_configured: int  # worker processes this server runs (0: none here; workers may run elsewhere)
     workers_alive: int
     worker_restarts: int  # dead worker processes this server replaced since it started
     last_worker_exit: str | None  # the latest death: "collapsewatch-worker-0 (pid 4242) died with exit code -9 ..."
     busy_workers: int  # workers anywhere on this database training a run whose heartbeat is recent
+    # every process running workers on this database (this server's own pool too) seen in the last hour;
+    # on a server with a token, listed only to requests that carry it
+    hosts: list[WorkerHostPublic] = Field(default_factory=list)

@@ -1,5 +1,5 @@
 """The supervised pool of worker processes: each a spawned process running `run_worker`, replaced when it
-dies."""
+dies; the pool reports its health into the database for every server to see (app/worker/hosts.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from app.worker.claim import default_worker_name, run_worker
+from app.worker.hosts import HostReporter, PoolStatus, report_interval
+from app.worker.lease import bound_idle_transactions
 from trainer import train
 from trainer.memory_limit import limit_memory
 
@@ -30,9 +32,13 @@ def worker_process_main(
     torch_threads: int | None,
     nice: int = 0,
     memory_mb: int = 0,
+    *,
+    poll_seconds: float = 0.5,
+    host: str | None = None,
+    listen: bool = True,
 ) -> None:
     """Entry point of one spawned worker process; returns once the parent closes its end of `stop_pipe`
-    (or dies, which closes it too)."""
+    (or dies, which closes it too). Named `name`, else `host:pid` (`host` defaults to the machine's name)."""
     from app.storage.engine import make_engine
 
     if nice:
@@ -51,13 +57,16 @@ def worker_process_main(
         torch.set_num_threads(torch_threads)
     limit_worker_memory(memory_mb)
     engine = make_engine(database_url)
+    bound_idle_transactions(engine, stale_after_seconds)
     try:
         run_worker(
             engine,
-            name=name or default_worker_name(),
+            name=name or default_worker_name(host),
             heartbeat_seconds=heartbeat_seconds,
             stale_after_seconds=stale_after_seconds,
+            poll_seconds=poll_seconds,
             stop=stop,
+            listen=listen,
         )
     finally:
         engine.dispose()
@@ -94,14 +103,6 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-@dataclasses.dataclass(frozen=True)
-class PoolStatus:
-    configured: int
-    alive: int
-    restarts: int  # dead workers replaced since the pool started
-    last_exit: str | None  # the latest death, for /api/health
-
-
 @dataclasses.dataclass
 class _Slot:
     """One of the pool's places: its current process, and how quickly its predecessors died."""
@@ -117,7 +118,8 @@ class _Slot:
 class WorkerPool:
     """N worker processes (multiprocessing 'spawn': no inherited engine, lock or CUDA state), kept at N:
     a supervising thread notices a death at once (process sentinels), logs it with the exit code and
-    starts a replacement, later each time a replacement dies soon after starting (a crash loop)."""
+    starts a replacement, later each time a replacement dies soon after starting (a crash loop). Unless `report`
+    is off, a thread writes the pool's status into the database every few seconds (`role`: serve or worker)."""
 
     def __init__(
         self,
@@ -131,6 +133,11 @@ class WorkerPool:
         respawn_delay: float = 0.5,
         max_respawn_delay: float = 30.0,
         healthy_after: float = 60.0,  # a worker that lived this long resets the delay
+        host: str | None = None,  # workers are named host:pid (default: the machine's name)
+        poll_seconds: float = 0.5,
+        listen: bool = True,
+        role: str = "serve",
+        report: bool = True,
     ) -> None:
         self.database_url, self.size, self.nice, self.memory_mb = database_url, size, nice, memory_mb
         self.heartbeat_seconds, self.stale_after_seconds = heartbeat_seconds, stale_after_seconds
@@ -142,6 +149,13 @@ class WorkerPool:
         self._supervisor: threading.Thread | None = None
         self.restarts = 0
         self.last_exit: str | None = None
+        self.host, self.poll_seconds, self.listen, self.role, self.report = host, poll_seconds, listen, role, report
+        self._reporter: HostReporter | None = None
+
+    @property
+    def identity(self) -> tuple[str, int] | None:
+        """(host, pid) of the pool's row in `WorkerHost`, None while it does not report."""
+        return (self._reporter.host, self._reporter.pid) if self._reporter is not None else None
 
     @property
     def processes(self) -> list[Any]:
@@ -154,6 +168,13 @@ class WorkerPool:
                 self._spawn(slot)
         self._supervisor = threading.Thread(target=self._supervise, name="collapsewatch-pool", daemon=True)
         self._supervisor.start()
+        if self.report:
+            from app.storage.engine import make_engine
+
+            interval = report_interval(self.stale_after_seconds)
+            engine = make_engine(self.database_url)
+            self._reporter = HostReporter(engine, status=self.status, role=self.role, interval=interval, host=self.host)
+            self._reporter.start()
 
     def status(self) -> PoolStatus:
         with self._lock:
@@ -167,6 +188,7 @@ class WorkerPool:
         process = self._ctx.Process(
             target=worker_process_main,
             args=(self.database_url, None, *timing, reader, threads, self.nice, self.memory_mb),
+            kwargs={"poll_seconds": self.poll_seconds, "host": self.host, "listen": self.listen},
             name=f"collapsewatch-worker-{slot.index}",
         )
         process.start()
@@ -224,3 +246,6 @@ class WorkerPool:
                 process.join()
         if self._supervisor is not None:
             self._supervisor.join()
+        if self._reporter is not None:
+            self._reporter.stop()
+            self._reporter.engine.dispose()

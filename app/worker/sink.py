@@ -7,6 +7,8 @@ Batch statistics are written at most every `write_interval` seconds: a transacti
 cost of a millisecond or two of the writer's CPU (and GIL), paid five times a second instead of
 once per chunk (20-25 times a second at a thousand steps per second). Anything else (start, warnings, evaluations,
 the end, a flush) is written at once, with whatever batches are waiting.
+A worker's sink writes under its lease (app/worker/lease.py): once the run is no longer the worker's,
+nothing more is written, and the records are dropped (they are not the run's any more).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from app.storage.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
 from app.storage.rollups import Rollup
 from app.storage.values import to_json_safe
 from app.storage.writes import eval_values, warning_values, write_chunks
+from app.worker.lease import Lease, LeaseLost
 from trainer import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 GIVE_UP_AFTER = 120.0
 MAX_ROWS_PER_WRITE = 10_000  # batch rows per transaction when the writer has fallen behind
 WRITE_INTERVAL = 0.2  # seconds between batch-statistics transactions, at most 1/5 of the live latency
+IDLE_SESSION_ENDED = "25P03"  # PostgreSQL ended the session for sitting idle inside a transaction
 
 
 def _batch_rows(item: Any) -> int:
@@ -55,16 +59,20 @@ class DatabaseSink:
         run_id: int,
         *,
         worker: str | None = None,
+        lease: Lease | None = None,
         write_interval: float = WRITE_INTERVAL,
         give_up_after: float = GIVE_UP_AFTER,
     ) -> None:
-        self.engine, self.run_id, self.worker = engine, run_id, worker
+        self.engine, self.run_id, self.worker, self.lease = engine, run_id, worker, lease
         self.write_interval, self.give_up_after = write_interval, give_up_after
         self.lost_batches = 0  # batches never stored, after every retry
         self.lost_notes: list[str] = []
         self.retries = 0  # writes tried again after a failure
         self.error: BaseException | None = None  # the first error that lost records, after every retry
         self.run_missing = False  # the run was deleted while training: further records are dropped
+        self.lease_lost = False  # the run is no longer this worker's (app/worker/lease.py): dropped too
+        self.notes_stored = 0  # the lease's take-back notes committed with the end of the run
+        self._end_notes = 0
         self._max_severity = -1
         self._rollup: Rollup | None = None
         self._rows_before: int | None = None
@@ -124,7 +132,7 @@ class DatabaseSink:
             stopping = any(item is _STOP for item in items)
             records = [item for item in items if item is not _STOP and item[0] != "flush"]
             flushes = [item[1] for item in items if item is not _STOP and item[0] == "flush"]
-            if records and not self.run_missing:
+            if records and not self.run_missing and not self.lease_lost:
                 stopping |= self._write_with_retries(records, flushes, stopping)
                 last_write = time.monotonic()
             for done in flushes:
@@ -140,7 +148,7 @@ class DatabaseSink:
         backlog, attempt, ended_at = records, 0, None
         while True:
             error = self._write_safely(backlog)
-            if error is None or self.run_missing:
+            if error is None or self.run_missing or self.lease_lost:
                 return stopping
             if stopping or any(kind == "end" for kind, _ in backlog):
                 ended_at = ended_at if ended_at is not None else time.monotonic()
@@ -167,16 +175,26 @@ class DatabaseSink:
 
     def _retryable(self, error: BaseException) -> bool:
         """A lock, a full disk, a lost connection: the database may take it later. Raw DBAPI cursors
-        (executemany) raise the driver's own OperationalError, SQLAlchemy wraps the others."""
+        (executemany) raise the driver's own OperationalError, SQLAlchemy wraps the others. A session the
+        database ended (a worker's idle-in-transaction limit, app/worker/lease.py: SQLSTATE 25P03, an
+        InternalError) or whose connection SQLAlchemy invalidated is a lost connection too."""
         driver = getattr(self.engine.dialect.dbapi, "OperationalError", OperationalError)
-        return isinstance(error, OperationalError | driver)
+        ended = getattr(getattr(error, "orig", error), "sqlstate", None) == IDLE_SESSION_ENDED
+        lost = ended or bool(getattr(error, "connection_invalidated", False))
+        return isinstance(error, OperationalError | driver) or lost
 
     def _write_safely(self, records: list[tuple[str, Any]]) -> BaseException | None:
         """None when written; else the error, with the writer's in-memory state as before the attempt."""
         saved = copy.deepcopy((self._rollup, self._rows_before, self._max_severity))
         try:
             self._write(records)
+            self.notes_stored = self._end_notes
             return None
+        except LeaseLost as exc:  # refused, not failed: the run was marked, claimed again or deleted
+            self._rollup, self._rows_before, self._max_severity = saved
+            log.warning("run %s: %s; its remaining records are dropped", self.run_id, exc)
+            self.lease_lost = True
+            return exc
         except IntegrityError as exc:
             self._rollup, self._rows_before, self._max_severity = saved
             with self.engine.connect() as conn:
@@ -209,7 +227,8 @@ class DatabaseSink:
             try:
                 with self.engine.begin() as conn:
                     values = {"data_lost": "; ".join(self.lost_notes)}
-                    conn.execute(update(Run).where(Run.id == self.run_id).values(**values))
+                    mine = self.lease.held() if self.lease is not None else Run.id == self.run_id
+                    conn.execute(update(Run).where(Run.id == self.run_id, mine).values(**values))
                 return
             except Exception as exc:
                 if delay is None:
@@ -218,19 +237,26 @@ class DatabaseSink:
                 time.sleep(delay)
 
     def _write(self, records: list[tuple[str, Any]]) -> None:
-        chunks = [payload for kind, payload in records if kind == "batches"]
+        """One transaction; a worker's fenced by its lease (its run's row locked until the commit)."""
+        if self.lease is not None:
+            self.lease.write(self.engine, lambda conn: self._write_in(conn, records))
+            return
         with self.engine.begin() as conn:
-            if chunks:
-                self._write_chunks(conn, chunks)
-            for kind, payload in records:
-                if kind == "start":
-                    self._write_start(conn, payload)
-                elif kind == "eval":
-                    conn.execute(insert(EvalStat), [eval_values(self.run_id, payload)])
-                elif kind == "warning":
-                    self._write_warning(conn, payload)
-                elif kind == "end":
-                    self._write_end(conn, payload)
+            self._write_in(conn, records)
+
+    def _write_in(self, conn: Any, records: list[tuple[str, Any]]) -> None:
+        chunks = [payload for kind, payload in records if kind == "batches"]
+        if chunks:
+            self._write_chunks(conn, chunks)
+        for kind, payload in records:
+            if kind == "start":
+                self._write_start(conn, payload)
+            elif kind == "eval":
+                conn.execute(insert(EvalStat), [eval_values(self.run_id, payload)])
+            elif kind == "warning":
+                self._write_warning(conn, payload)
+            elif kind == "end":
+                self._write_end(conn, payload)
 
     def _write_chunks(self, conn: Any, chunks: list[BatchChunk]) -> None:
         chunks = [c for c in chunks if len(c)]
@@ -260,8 +286,11 @@ class DatabaseSink:
     def _write_end(self, conn: Any, result: TrainResult) -> None:
         # the first final status wins: a run already reaped as lost is not overwritten
         unfinished = Run.status.in_(("queued", "running")) if self.worker is None else Run.worker == self.worker
+        error, notes = result.error, self.lease.notes if self.lease is not None else []
+        if notes:  # the final status and the note that the run was taken back from the reaper land together
+            error, self._end_notes = "; ".join(e for e in (result.error, *notes) if e), len(notes)
         conn.execute(
             update(Run)
             .where(Run.id == self.run_id, Run.status.in_(("queued", "running")), unfinished)
-            .values(status=result.status, error=result.error, finished_at=utcnow(), duration_s=result.duration_s)
+            .values(status=result.status, error=error, finished_at=utcnow(), duration_s=result.duration_s)
         )
