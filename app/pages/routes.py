@@ -1,4 +1,5 @@
-"""HTML pages: runs list, new-run form, run page, compare; Jinja2 shells whose live data comes from the API.
+"""HTML pages: runs list, new-run form, run page, compare (sweeps: app/pages/sweeps.py); Jinja2 shells whose
+live data comes from the API.
 
 The partial routes (rows, header, warnings) render the same templates as the first page load, so a
 live refresh and a reload can never show different things.
@@ -17,50 +18,30 @@ from app.api.deps import SessionDep
 from app.budgets import Limits
 from app.pages.compare import compare_runs
 from app.pages.config_form import config_differences, display_value, flatten, form_values
+from app.pages.doctor_view import doctor_tree
 from app.pages.lineage import advice_states, lineage
+from app.pages.rendering import CSRF_REFUSED, PageError, error_page, render, worker_status
 from app.pages.run_data import applicable_fields, run_dataset
 from app.pages.run_form import find_run, form_context, parse_id, preset_values, queue_from_form
 from app.pages.runs_list import ListQueryError, runs_context
+from app.pages.sweeps import router as sweep_pages
 from app.pages.waiting import waiting_state
 from app.security import CSRF_FIELD, SESSION_COOKIE, csrf_ok, session_value
 from app.storage import crud
 from app.storage.models import MAX_ID, RunPublic
-from app.worker.pool import PoolStatus, WorkerPool
+from app.storage.sweep_links import trial_link
 from trainer import BATCH_COLUMNS, EVAL_METRICS, preset_names
 from trainer.detector_rules import LOGIT_CRIT, LOGIT_WARN
 
 router = APIRouter(include_in_schema=False)
+router.include_router(sweep_pages)
 
-CSRF_REFUSED = "This form was not sent by one of this server's pages (its CSRF token is missing or old): reload it."
 STATS_POINTS = 2000  # server-side downsampling target for a chart's first load
 # live points a run page's charts take before they are drawn afresh from the downsampled history, so a
 # page left open on a fast run stays light (static/js/run_page.js)
 LIVE_POINTS_LIMIT = 10_000
 # one colour per run on the compare page (Plotly's default sequence, readable on white)
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-
-
-class PageError(Exception):
-    """Ends a page with an error page (404 for a missing run, 422 for a bad query)."""
-
-    def __init__(self, status_code: int, title: str, message: str) -> None:
-        super().__init__(message)
-        self.status_code, self.title, self.message = status_code, title, message
-
-
-def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
-    context = {"workers": worker_status(request), **context}
-    return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code)
-
-
-def worker_status(request: Request) -> PoolStatus | None:
-    """This server's worker processes for the header (None: it runs none; they may run elsewhere)."""
-    pool: WorkerPool | None = getattr(request.app.state, "worker_pool", None)
-    return pool.status() if pool is not None else None
-
-
-def error_page(request: Request, err: PageError) -> HTMLResponse:
-    return render(request, "errors/error.html", {"title": err.title, "message": err.message}, err.status_code)
 
 
 def load_run(session: SessionDep, run_id: int | str) -> RunPublic:
@@ -207,6 +188,8 @@ def run_page(request: Request, session: SessionDep, run_id: str) -> Response:
         "parent": parent,
         "parent_diff": [(k, [_table_value(v) for v in vs]) for k, vs in diff],
         "chart_meta": _chart_meta(request, run),
+        "trial": trial_link(session=session, run_id=run.id),
+        "doctor": doctor_tree(session, run),
     }
     return render(request, "runs/detail.html", context)
 
@@ -216,8 +199,9 @@ def run_header(request: Request, session: SessionDep, run_id: str) -> Response:
     try:
         run = load_run(session, run_id)
         context = {"run": run, "waiting": waiting_state(session, run, worker_status(request))}
-        dataset = run_dataset(session, run)
-        return render(request, "runs/_header.html", {**context, "lineage": lineage(session, run), "dataset": dataset})
+        context |= {"lineage": lineage(session, run), "dataset": run_dataset(session, run)}
+        context |= {"trial": trial_link(session=session, run_id=run.id), "doctor": doctor_tree(session, run)}
+        return render(request, "runs/_header.html", context)
     except PageError as err:
         return error_page(request, err)
 

@@ -16,7 +16,7 @@ from app.errors import InputError, NotFound
 from app.pages.config_fields import ALL_FIELDS, FIELD_GROUPS, SYNTHETIC_FIELDS
 from app.pages.config_form import form_values, overrides_from, parse_form, unflatten
 from app.storage import crud
-from app.storage.models import MAX_ID, RunCreate, RunPublic
+from app.storage.models import MAX_DOCTOR_ATTEMPTS, MAX_ID, RunCreate, RunPublic
 from trainer import PRESET_DESCRIPTIONS, ConfigError, from_dict, preset, preset_names
 
 _FIELD_NAMES = frozenset(f.name for f in ALL_FIELDS)
@@ -42,6 +42,10 @@ def form_context(session: Session, **fields: Any) -> dict[str, Any]:
         "data_source": "synthetic",
         "dataset_id": None,
         "parent": None,
+        # doctor mode (app/worker/doctor.py): off, with the API's default and largest number of attempts
+        "doctor": False,
+        "doctor_max_attempts": str(RunCreate.model_fields["doctor_max_attempts"].default),
+        "max_doctor_attempts": MAX_DOCTOR_ATTEMPTS,
     }
     context.update(fields)
     return context
@@ -89,17 +93,24 @@ def _config_errors(
     return []
 
 
-def _name_errors(name: str | None) -> list[tuple[str, str]]:
-    """RunCreate's checks of the name (its length), made beside the config's so the form shows them all;
-    POST /api/runs answers the same ones as its 422."""
+def _request_errors(name: str | None, doctor_max_attempts: str) -> list[tuple[str, str]]:
+    """RunCreate's checks of the name (its length) and of the doctor's attempts (their range), made beside the
+    config's so the form shows them all; POST /api/runs answers the same ones as its 422."""
     try:
-        RunCreate(name=name)
+        RunCreate(name=name, **_attempts(doctor_max_attempts))
     except ValidationError as err:
-        return [("name", _name_message(e, name or "")) for e in err.errors()]
+        return [(str(e["loc"][0]), _request_message(e, name or "")) for e in err.errors()]
     return []
 
 
-def _name_message(error: Any, name: str) -> str:
+def _attempts(typed: str) -> dict[str, Any]:
+    """The form's max attempts as RunCreate takes them (empty: its default)."""
+    return {"doctor_max_attempts": typed} if typed else {}
+
+
+def _request_message(error: Any, name: str) -> str:
+    if error["loc"][0] == "doctor_max_attempts":
+        return f"must be a whole number from 1 to {MAX_DOCTOR_ATTEMPTS}, got {error['input']!r}"
     if error["type"] == "string_too_long":
         return f"a run's name must be at most {error['ctx']['max_length']} characters; this one has {len(name):,}"
     return str(error["msg"])
@@ -120,7 +131,8 @@ def queue_from_form(
     chosen, data_source = first.get("preset", "fixed"), first.get("data_source", "synthetic")
     dataset_id, parent_id = parse_id(first.get("dataset_id")), parse_id(first.get("parent_id"))
     values, problems = parse_form(form, skip=SYNTHETIC_FIELDS if data_source == "dataset" else ())
-    problems += _name_errors(first.get("name") or None)
+    doctor, doctor_max_attempts = "on" in form.get("doctor", []), first.get("doctor_max_attempts", "").strip()
+    problems += _request_errors(first.get("name") or None, doctor_max_attempts)
     known_preset = chosen in preset_names()
     if not known_preset:
         problems.append(("preset", f"unknown preset {chosen!r}; known presets: {', '.join(preset_names())}"))
@@ -133,6 +145,8 @@ def queue_from_form(
             config=overrides_from(values, preset(chosen).to_dict()),
             dataset_id=dataset_id if data_source == "dataset" else None,
             parent_id=parent_id,
+            doctor=doctor,
+            **_attempts(doctor_max_attempts),  # read by RunCreate, as checked above
         )
         run_id, problems = _queue(session, run_in, limits)
         if run_id is not None:
@@ -140,7 +154,7 @@ def queue_from_form(
     errors: dict[str, list[str]] = {}
     general: list[str] = []
     for field, msg in problems:
-        if field in _FIELD_NAMES or field in ("name", "preset", "dataset_id"):
+        if field in _FIELD_NAMES or field in ("name", "preset", "dataset_id", "doctor_max_attempts"):
             errors.setdefault(field, []).append(msg)
         else:
             general.append(msg if field == "parent_id" else f"{field}: {msg}")
@@ -159,4 +173,6 @@ def queue_from_form(
         data_source=data_source,
         dataset_id=dataset_id,
         parent=parent,
+        doctor=doctor,
+        doctor_max_attempts=doctor_max_attempts,
     )

@@ -15,6 +15,7 @@ from sqlmodel import Session
 from app.storage import crud
 from app.storage.listing import SORT_KEYS
 from app.storage.models import MAX_ID, MAX_TAG_LENGTH, RUN_STATUSES
+from app.storage.sweep_links import trial_links
 
 RUNS_PER_PAGE = 50
 MAX_QUERY_LENGTH = 200
@@ -113,6 +114,7 @@ def runs_context(
     ]
     return {
         "runs": page.items,
+        "trials": trial_links(session=session, run_ids=[r.id for r in page.items]),  # a sweep's trials link to it
         "total": page.total,
         "status": status or None,
         "q": q,

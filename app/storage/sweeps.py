@@ -175,8 +175,20 @@ def sweep_public(*, session: Session, sweep: Sweep) -> SweepPublic:
 
 
 def list_sweeps(*, session: Session, limit: int = 50, offset: int = 0) -> list[SweepSummary]:
+    """A page of sweeps with their trial counts and best: three queries, whatever the number of trials."""
     sweeps = session.exec(select(Sweep).order_by(col(Sweep.id).desc()).offset(offset).limit(limit)).all()
-    return [SweepSummary.model_validate(s, update=_summary(s, _trials(session, s))) for s in sweeps]
+    runs = session.exec(
+        select(Run).where(col(Run.sweep_id).in_([s.id for s in sweeps])).order_by(col(Run.trial_number))
+    ).all()
+    metrics = last_metrics(session, [r.id or 0 for r in runs])
+    by_sweep: dict[int, list[Run]] = {}
+    for run in runs:
+        by_sweep.setdefault(run.sweep_id or 0, []).append(run)
+    out = []
+    for s in sweeps:
+        trials = [trial_public(s, r, metrics.get(r.id or 0)) for r in by_sweep.get(s.id or 0, [])]
+        out.append(SweepSummary.model_validate(s, update=_summary(s, trials)))
+    return out
 
 
 # --- cancel -----------------------------------------------------------------------------------------

@@ -247,6 +247,12 @@ def _conclude(session: Session, study: optuna.Study, sweep: Sweep) -> None:
         return
     if sweep.status == "running" and len(trials) < sweep.n_trials:
         return
+    # a pruned run that ended after this pass read it wrote its empty error over the reason, and a settled
+    # sweep is not driven again: the reason goes back now
+    by_number = {r.trial_number: r for r in runs}
+    for trial in trials:
+        if trial.state == TrialState.PRUNED and trial.number in by_number:
+            _mark_pruned(session, by_number[trial.number], trial)
     metrics = last_metrics(session, [r.id or 0 for r in runs])
     best = best_trial([trial_public(sweep, r, metrics.get(r.id or 0)) for r in runs], sweep.direction)
     values: dict[str, Any] = {"settled": True, "best_run_id": best.run_id if best else None}
