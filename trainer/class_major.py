@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 
 from trainer import losses
+from trainer.stat_rows import ONE_HOT_THRESHOLD, assemble, mean_std
 
 CLASS_MAJOR_MAX_CLASSES = 32
-ONE_HOT_THRESHOLD = 0.99  # monitor.ONE_HOT_THRESHOLD (imported from here, one definition)
 
 
 # a chunk's statistics are computed this many samples (batches x batch size) at a time: the dozen (n, C, B)
@@ -74,14 +74,6 @@ def _log_softmax(zt: torch.Tensor, top1: torch.Tensor, temperature: float) -> tu
     return shifted - log_lse[:, None], lse.reciprocal()  # the top class's log-probability is -log(lse)
 
 
-def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population std over the last axis, two-pass (exact where E[x^2] - E[x]^2 is not)."""
-    k = x.shape[-1]
-    mean = x.sum(-1, keepdim=True) / k
-    dev = x - mean
-    return mean.squeeze(-1), ((dev * dev).sum(-1) / k).sqrt()
-
-
 def stats_class_major(
     zt: torch.Tensor,
     pt: torch.Tensor,
@@ -98,7 +90,7 @@ def stats_class_major(
     """monitor.chunk_stats's rows from class-major tensors: zt raw logits, pt = softmax(z / T) and tt the
     smoothed targets, each (n, C, B); entropy, maxprob, target_entropy (n, B); step_values (n, 6) with the
     head's squared norm. `top`: _top_two(zt) when the caller has it."""
-    n, c, b = zt.shape
+    n, c = zt.shape[:2]
     dtype = pt.dtype
     top1, top2, low = top or _top_two(zt)
     if deploy_temperature is None:
@@ -107,44 +99,25 @@ def stats_class_major(
         log_pd, deploy_maxprob = _log_softmax(zt.to(dtype), top1.to(dtype), deploy_temperature)
         deploy_entropy = losses.entropy(log_pd, dim=1)
     hist = _class_shares(zt, top1, dtype)
-    per_sample = (
-        torch.stack(
-            [
-                entropy,
-                maxprob,
-                (top1 - top2).to(dtype),
-                target_entropy,
-                maxprob > ONE_HOT_THRESHOLD,
-                tt.amax(1) > ONE_HOT_THRESHOLD,
-                deploy_entropy,
-                deploy_maxprob,
-                deploy_maxprob > ONE_HOT_THRESHOLD,
-            ],
-            dim=1,
-        ).sum(-1)
-        / b
-    )  # (n, 9) in monitor._PER_SAMPLE_MEANS order
-    zmean, zstd = _mean_std(zt.reshape(n, -1))
+    per_sample = [
+        entropy,
+        maxprob,
+        (top1 - top2).to(dtype),
+        target_entropy,
+        maxprob > ONE_HOT_THRESHOLD,
+        tt.amax(1) > ONE_HOT_THRESHOLD,
+        deploy_entropy,
+        deploy_maxprob,
+        deploy_maxprob > ONE_HOT_THRESHOLD,
+    ]
+    zmean, zstd = mean_std(zt.reshape(n, -1))
     centre = zt.sum(1) / c  # (n, B): each sample's own mean logit
     spread = torch.maximum(top1 - centre, centre - low).amax(1)
-    zmax, zmin = top1.amax(1), low.amin(1)
-    diversity = torch.stack([_mean_std(pt)[1].mean(-1), _mean_std(tt)[1].mean(-1)], dim=1)  # (n, 2)
-    grad_norm = step_values[:, 4]
-    clipped = grad_norm > max_grad_norm if max_grad_norm is not None else torch.zeros_like(grad_norm, dtype=torch.bool)
-    columns = [
-        step_values[:, :5],
-        step_values[:, 5:].sqrt(),  # head_weight_norm
-        per_sample,
-        torch.stack([zmax, zmin, zmax - zmin, zmean, zstd, spread], dim=1).to(dtype),
-        entropy.amin(1, keepdim=True),
-        entropy.kthvalue(max(1, math.ceil(0.1 * b)), dim=1, keepdim=True).values,
-        hist.amax(1, keepdim=True),
-        torch.special.entr(hist).sum(1, keepdim=True).exp(),  # effective number of predicted classes
-        diversity,
-        clipped[:, None],
-        hist,
-    ]
-    return torch.cat([col.to(dtype) for col in columns], dim=1)
+    diversity = torch.stack([mean_std(pt)[1].mean(-1), mean_std(tt)[1].mean(-1)], dim=1)  # (n, 2)
+    return assemble(
+        step_values, per_sample, (top1.amax(1), low.amin(1), zmean, zstd, spread), entropy, hist, diversity,
+        max_grad_norm=max_grad_norm, dtype=dtype,
+    )  # fmt: skip
 
 
 def rows_class_major(

@@ -9,7 +9,6 @@ asynchronously on CUDA, so no batch forces a host sync.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ import torch.nn.functional as F
 
 from trainer import losses
 from trainer.class_major import (
-    ONE_HOT_THRESHOLD,
     class_major,
     in_pieces,
     rows_class_major,
@@ -30,6 +28,7 @@ from trainer.class_major import (
 )
 from trainer.host_copies import HostCopies
 from trainer.records import BATCH_COLUMNS, BatchChunk
+from trainer.stat_rows import ONE_HOT_THRESHOLD, assemble, mean_std
 
 # Written by the step itself, in this order; everything else is derived per chunk.
 STEP_COLUMNS = ("loss", "loss_ce", "loss_entropy", "loss_final_l2", "grad_norm", "head_weight_norm")
@@ -118,55 +117,29 @@ def chunk_stats(
     # histogram by scatter_add: bincount / one_hot read the max back to the host on CUDA
     hist = torch.zeros(n, c, dtype=dtype, device=probs.device)
     hist.scatter_add_(1, pred, hist.new_full((), 1.0 / b).expand(n, b))
-    per_sample = (
-        torch.stack(  # one reduction for every per-sample mean (stack promotes the flags)
-            [
-                entropy,
-                maxprob,
-                margin.to(dtype),
-                target_entropy,
-                maxprob > ONE_HOT_THRESHOLD,
-                targets.amax(-1) > ONE_HOT_THRESHOLD,
-                deploy_entropy,
-                deploy_maxprob,
-                deploy_maxprob > ONE_HOT_THRESHOLD,
-            ],
-            dim=1,
-        ).sum(-1)
-        / b
-    )  # (n, 9) in _PER_SAMPLE_MEANS order
+    per_sample = [
+        entropy,
+        maxprob,
+        margin.to(dtype),
+        target_entropy,
+        maxprob > ONE_HOT_THRESHOLD,
+        targets.amax(-1) > ONE_HOT_THRESHOLD,
+        deploy_entropy,
+        deploy_maxprob,
+        deploy_maxprob > ONE_HOT_THRESHOLD,
+    ]
     flat = logits.reshape(n, -1)
     zmin, zmax = torch.aminmax(flat, dim=1)
-    zmean, zstd = _mean_std(flat)
+    zmean, zstd = mean_std(flat)
     # per sample, centred on its own mean logit: a shift shared by a sample's logits changes nothing
     spread = (logits - logits.sum(-1, keepdim=True) / c).abs().reshape(n, -1).amax(1)
     # output and target diversity: per class, the spread over the batch, averaged over classes
     both = torch.cat([probs, targets], dim=-1).transpose(1, 2)  # (n, 2C, B)
-    diversity = _mean_std(both)[1].view(n, 2, c).mean(-1)  # (n, 2)
-    grad_norm = step_values[:, 4]
-    clipped = grad_norm > max_grad_norm if max_grad_norm is not None else torch.zeros_like(grad_norm, dtype=torch.bool)
-    columns = [
-        step_values[:, :5],
-        step_values[:, 5:].sqrt(),  # head_weight_norm
-        per_sample,
-        torch.stack([zmax, zmin, zmax - zmin, zmean, zstd, spread], dim=1).to(dtype),
-        entropy.amin(1, keepdim=True),
-        entropy.kthvalue(max(1, math.ceil(0.1 * b)), dim=1, keepdim=True).values,
-        hist.amax(1, keepdim=True),
-        torch.special.entr(hist).sum(1, keepdim=True).exp(),  # effective number of predicted classes
-        diversity,
-        clipped[:, None],
-        hist,
-    ]
-    return torch.cat([col.to(dtype) for col in columns], dim=1)
-
-
-def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population std over the last axis, two-pass (exact where E[x^2] - E[x]^2 is not)."""
-    k = x.shape[-1]
-    mean = x.sum(-1, keepdim=True) / k
-    dev = x - mean
-    return mean.squeeze(-1), ((dev * dev).sum(-1) / k).sqrt()
+    diversity = mean_std(both)[1].view(n, 2, c).mean(-1)  # (n, 2)
+    return assemble(
+        step_values, per_sample, (zmax, zmin, zmean, zstd, spread), entropy, hist, diversity,
+        max_grad_norm=max_grad_norm, dtype=dtype,
+    )  # fmt: skip
 
 
 def deploy_scale(temperature: float, deploy_temperature: float) -> float | None:

@@ -176,6 +176,16 @@ export function nonfiniteSegments(steps) {
   return { x: steps.flatMap((s) => [s, s, null]), y: steps.flatMap(() => [0, 1, null]) };
 }
 
+// Resolves once the page's deferred plotly.min.js (script#plotly-js) has run: a module may load before it.
+export function plotlyLoaded() {
+  if (window.Plotly) return Promise.resolve();
+  const tag = document.getElementById("plotly-js");
+  return new Promise((resolve, reject) => {
+    tag.addEventListener("load", resolve, { once: true });
+    tag.addEventListener("error", () => reject(new Error("plotly.min.js did not load")), { once: true });
+  });
+}
+
 export function showError(message) {
   const box = document.getElementById("chart-error");
   if (!box) return;

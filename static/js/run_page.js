@@ -5,7 +5,7 @@
 import { followRun, getHTML, getJSON, isTerminal, postJSON } from "./api.js";
 import { bindChartControls, pageSettings } from "./chart_settings.js";
 import { createChartView, createRunCharts } from "./run_charts.js";
-import { onSchemeChange, showError } from "./plot_style.js";
+import { onSchemeChange, plotlyLoaded, showError } from "./plot_style.js";
 
 const meta = JSON.parse(document.getElementById("chart-meta").textContent);
 // a remembered x axis this run cannot have (wall time without a batch size) falls back to steps
@@ -55,17 +55,6 @@ async function onStatus(status) {
   }
 }
 
-// This module runs as soon as it has loaded (async), while the browser may still be compiling the
-// deferred plotly.min.js: the first data is requested meanwhile, the charts drawn once both are in.
-function plotlyLoaded() {
-  if (window.Plotly) return Promise.resolve();
-  const tag = document.getElementById("plotly-js");
-  return new Promise((resolve, reject) => {
-    tag.addEventListener("load", resolve, { once: true });
-    tag.addEventListener("error", () => reject(new Error("plotly.min.js did not load")), { once: true });
-  });
-}
-
 // the rows of a stats answer after step `after` (null: none)
 function rowsAfter(s, after) {
   const from = s.steps.findIndex((step) => step > after);
@@ -84,6 +73,8 @@ function showBuckets(stats) {
   note.hidden = false;
 }
 
+// This module runs as soon as it has loaded (async), while the browser may still be compiling the
+// deferred plotly.min.js: the first data is requested meanwhile, the charts drawn once both are in.
 async function start() {
   const first = Promise.all([getJSON(meta.stats_url), getJSON(meta.evals_url)]);
   first.catch(() => {}); // reported below, once the (empty) charts are there

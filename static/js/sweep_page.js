@@ -7,7 +7,7 @@
 
 import { getHTML, postJSON } from "./api.js";
 import { drawCollapseChart, drawSweepCharts } from "./sweep_charts.js";
-import { onSchemeChange, showError } from "./plot_style.js";
+import { onSchemeChange, plotlyLoaded, showError } from "./plot_style.js";
 
 const meta = JSON.parse(document.getElementById("sweep-meta").textContent);
 const LIVE_PARTS = ["sweep-head", "sweep-trials"];
@@ -23,14 +23,6 @@ const data = () => JSON.parse(document.getElementById("sweep-data").textContent)
 const heat = () => ({ x: heatX.value, y: heatY.value === heatX.value ? "" : heatY.value });
 const isLive = () => document.getElementById("sweep-head").dataset.live === "true";
 
-function plotlyLoaded() {
-  if (window.Plotly) return Promise.resolve();
-  const tag = document.getElementById("plotly-js");
-  return new Promise((resolve, reject) => {
-    tag.addEventListener("load", resolve, { once: true });
-    tag.addEventListener("error", () => reject(new Error("plotly.min.js did not load")), { once: true });
-  });
-}
 
 async function drawAll() {
   try {
