@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -246,3 +247,12 @@ def train_digits(run: Any, *, lr: float, epochs: int = 2, device: str = "cpu", s
 
 
 DIGITS_STEPS_PER_EPOCH = -(-1797 // DIGITS_BATCH)  # 29
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a test checks that the processes it caused are gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

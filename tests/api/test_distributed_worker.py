@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import LONG, TINY, WorkerThread, config, wait_until
+from factories import LONG, TINY, WorkerThread, config, pid_alive, wait_until
 from fastapi.testclient import TestClient
 from html_dom import parse_html
 from sqlalchemy import Engine
@@ -49,14 +49,6 @@ def _ranks() -> dict[str, int]:
     return ranks
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 def test_a_two_process_run_through_the_api_is_one_run_with_every_step(client: TestClient, engine: Engine) -> None:
     body = {"config": config(TINY, processes=2, epochs=3, data={"n_samples": 200})}
@@ -91,7 +83,7 @@ def test_a_rank_killed_mid_run_fails_the_run_with_its_reason_and_the_worker_trai
         assert time.monotonic() - killed < 5
         assert run["status"] == "failed" and run["error"] == "rank 1 died (signal 9, SIGKILL)"
         assert run["steps"] > 0, "the statistics measured before the death are kept"
-        assert not any(_alive(pid) for pid in ranks.values()) and _ranks() == {}
+        assert not any(pid_alive(pid) for pid in ranks.values()) and _ranks() == {}
         next_id = client.post("/api/runs", json={"config": config(TINY)}).json()["id"]
         after = wait_until(lambda: _finished(client, next_id), timeout=60, what="the next run")
     assert after["status"] == "completed", after["error"]

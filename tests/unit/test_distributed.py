@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from factories import pid_alive
 
 from trainer import BATCH_COLUMNS, ConfigError, ListSink, from_dict, train
 from trainer.config import processes_problem
@@ -36,14 +37,6 @@ BASE = {
 # off by 1e-3 or more from the first step on.
 RTOL, ATOL = 1e-4, 1e-5
 LONG = {**BASE, "epochs": 10_000, "eval_interval": 0, "data": {"n_samples": 256}}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _values(sink: ListSink) -> np.ndarray:
@@ -86,7 +79,7 @@ def test_a_cancel_reaches_every_rank_and_they_stop_at_the_same_step() -> None:
     # a rank that had not stopped would hold the others in the last chunk's gather: the run would fail or hang
     assert result.error is None and sink.result is result
     assert list(sink.steps) == list(range(len(sink.steps))) and 0 < len(sink.steps) <= result.steps
-    assert len(pids) == 2 and not any(_alive(pid) for pid in pids)
+    assert len(pids) == 2 and not any(pid_alive(pid) for pid in pids)
 
 
 @pytest.mark.slow
@@ -106,7 +99,7 @@ def test_a_rank_killed_mid_run_fails_the_run_naming_it_and_no_rank_is_left() -> 
     assert result.status == "failed" and result.error == "rank 1 died (signal 9, SIGKILL)"
     assert time.monotonic() - killed[0] < 5
     assert sink.result is result and result.steps >= len(sink.steps) > 0, "what was measured is kept"
-    assert not any(_alive(pid) for pid in pids), "the other rank was killed and every rank reaped"
+    assert not any(pid_alive(pid) for pid in pids), "the other rank was killed and every rank reaped"
 
 
 @pytest.mark.slow
@@ -120,7 +113,7 @@ def test_a_nonfinite_loss_stops_every_rank_as_diverged_where_one_process_sees_it
     first = [[w.step for w in r.warnings if w.kind == "nonfinite_loss"] for r in (r1, r2)]
     assert first[0] == first[1] and len(first[0]) == 1, "the detector sees the global batch's loss"
     # rank 0 learns of it when the chunk's statistics land, and every rank stops at the next sync point
-    assert first[1][0] < r2.steps <= first[1][0] + 1 + 2 * 50 and not any(_alive(pid) for pid in pids)
+    assert first[1][0] < r2.steps <= first[1][0] + 1 + 2 * 50 and not any(pid_alive(pid) for pid in pids)
 
 
 def test_a_failure_inside_the_ranks_fails_the_run_with_its_exception(tmp_path) -> None:
