@@ -116,7 +116,9 @@ def drive_sweep(engine: Engine, storage: RDBStorage, sweep_id: int, *, limits: L
                 _tell(session, storage, study, sweep, run, trial)
             elif run.status == "running":
                 _watch(session, storage, study, sweep, run, trial)
-        if sweep.status == "running":
+        # read again after the runs: a cancel commits the sweep's status before it cancels the queued runs,
+        # so runs read after a cancel come with its status, and no new trial is asked for a freed slot
+        if _status(session, sweep_id) == "running":
             _ask(session, storage, sweep, runs, len(trials), limits)
         _conclude(session, study, sweep)
 
@@ -196,8 +198,9 @@ def _ask(
         study = open_study(storage, sweep, started, asking=True)  # a fresh seed for each trial
         trial = study.ask(fields)
         run = _trial_run(sweep, trial.number, trial.params, limits)
-        if not _still_running(session, sweep.id or 0):  # cancelled (or failed) since this pass began
+        if not _still_running(session, sweep.id or 0):  # cancelled (or failed) since the status was read
             session.rollback()
+            storage.set_trial_user_attr(trial._trial_id, OUTCOME_ATTR, "the sweep ended before this trial was queued")
             study.tell(trial.number, state=TrialState.FAIL)
             return
         session.add(run)
@@ -208,6 +211,12 @@ def _ask(
         else:
             active += 1
         started += 1
+
+
+def _status(session: Session, sweep_id: int) -> str | None:
+    """The sweep's status as committed now (each read sees the latest commit: SQLite reads outside a write
+    transaction, PostgreSQL at read committed)."""
+    return session.exec(select(Sweep.status).where(col(Sweep.id) == sweep_id)).first()
 
 
 def _still_running(session: Session, sweep_id: int) -> bool:

@@ -249,8 +249,9 @@ export function createRunCharts(meta, first = {}, view = createChartView()) {
     if (!chart) return;
     chart.pendingSettings = settings;
     if (!due.size) requestAnimationFrame(() => {
-      for (const c of due) c.setSettings(c.pendingSettings);
-      due = new Set();
+      const now = due;
+      due = new Set(); // first: a chart that throws must not hold back every later change
+      for (const c of now) c.setSettings(c.pendingSettings);
     });
     due.add(chart);
   }

@@ -252,11 +252,16 @@ def test_cancelling_a_sweep_cancels_its_trials(served: tuple[TestClient, Setting
     assert client.post(f"/api/sweeps/{sweep['id']}/cancel").json()["status"] == "cancelled"  # idempotent
     done = _ended(client, sweep["id"], timeout=30)
     assert [t["status"] for t in done["trials"]] == ["cancelled"] * 3  # the running ones stopped; none queued after
-    wait_until(
-        lambda: _trial_states(optuna_storage(settings.database_url), sweep["study_name"]) == ["FAIL"] * 3,
-        timeout=10,
-        what="Optuna told",
-    )
+    states: list[str] = []
+
+    def told() -> bool:
+        states[:] = _trial_states(optuna_storage(settings.database_url), sweep["study_name"])
+        return states == ["FAIL"] * 3
+
+    try:
+        wait_until(told, timeout=10, what="Optuna told every trial FAIL")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it holds {states}") from None
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------

@@ -221,7 +221,10 @@ def test_view_controls_work_and_are_remembered_across_a_reload(page: sync_api.Pa
     }""")
 
     def check_views() -> None:
+        # each chart takes its new view at the next animation frame, the two checks' maybe at different ones:
+        # wait for each chart's own, or the loss chart's range may still be the autorange its spike sets
         page.wait_for_function("() => document.getElementById('chart-grad').layout.yaxis.type === 'log'")
+        page.wait_for_function("() => document.getElementById('chart-loss').layout.yaxis.autorange === false")
         top = _layout(page, "chart-loss", "yaxis.range[1]")
         assert top == pytest.approx(_robust_top(losses)), "the range holds the 1st to 99th percentile"
         assert top < max(v for v in losses if v is not None) / 2, "the step-0 spike no longer sets the range"
