@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.storage.clock import db_now
-from app.storage.models import Run, utcnow
+from app.storage.models import Run
 from app.storage.notify import QUEUED
 from app.worker.lease import LOST_PREFIX, Heartbeat, Lease, LeaseLost, reclaim_run
 from app.worker.sink import DatabaseSink
@@ -58,10 +58,11 @@ def claim_run(engine: Engine, *, worker: str) -> int | None:
     pick = select(queued.c.id).where(queued.c.status == "queued").order_by(queued.c.id).limit(1)
     if engine.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
+    now = db_now(engine)  # the database's clock, as every host reads it (a worker's may be skewed)
     claim = (
         update(Run)
         .where(Run.id == pick.scalar_subquery(), Run.status == "queued")
-        .values(status="running", worker=worker, started_at=utcnow(), heartbeat_at=db_now(engine), lease=Run.lease + 1)
+        .values(status="running", worker=worker, started_at=now, heartbeat_at=now, lease=Run.lease + 1)
         .returning(Run.id)
     )
     with engine.begin() as conn:
@@ -168,7 +169,7 @@ def finish_run(
     """Store the final status unless the run already has one (or is no longer this worker's). A run marked
     lost while this worker was alive is taken back first; returns the note then (with a `lease`, the note
     goes to `lease.notes`). Without a lease (a user's loop writing straight into the database) by name only."""
-    values: dict[str, Any] = {"status": status, "error": error, "finished_at": utcnow()}
+    values: dict[str, Any] = {"status": status, "error": error, "finished_at": db_now(engine)}
     if duration_s is not None:
         values["duration_s"] = duration_s
     if lease is not None:

@@ -24,7 +24,8 @@ from typing import Any
 from sqlalchemy import Engine, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app.storage.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
+from app.storage.clock import db_now
+from app.storage.models import SEVERITY_RANK, EvalStat, Run, RunWarning
 from app.storage.rollups import Rollup
 from app.storage.values import to_json_safe
 from app.storage.writes import eval_values, warning_values, write_chunks
@@ -292,5 +293,5 @@ class DatabaseSink:
         conn.execute(
             update(Run)
             .where(Run.id == self.run_id, Run.status.in_(("queued", "running")), unfinished)
-            .values(status=result.status, error=error, finished_at=utcnow(), duration_s=result.duration_s)
+            .values(status=result.status, error=error, finished_at=db_now(conn), duration_s=result.duration_s)
         )

@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +16,9 @@ from sqlalchemy import Engine, event, func, insert, inspect, select, text, updat
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
+import app.storage.models as models_module
+import app.worker.claim as claim_module
+import app.worker.sink as sink_module
 from app.storage import crud
 from app.storage.clock import db_now
 from app.storage.engine import init_db, make_engine
@@ -295,3 +299,34 @@ def test_a_row_locked_by_a_stalled_writer_does_not_hold_up_the_reaper(pg_engines
         holder.close()
         reaper.join(10)
     assert reap_stale_runs(engine, stale_after_seconds=15) == [run_id], "once released, the next pass marks it"
+
+
+@pytest.mark.parametrize("end", ["sink", "finish_run"])
+def test_a_worker_with_a_skewed_clock_stamps_the_database_clock(
+    db: Engine, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """started_at and finished_at are the database's times, as heartbeats are: a worker whose clock is an hour
+    ahead cannot make a run look an hour long, or started before it was queued."""
+
+    def ahead() -> datetime:
+        return datetime.now(UTC) + timedelta(hours=1)
+
+    for module in (models_module, claim_module, sink_module):  # wherever a worker could read its clock from
+        monkeypatch.setattr(module, "utcnow", ahead, raising=False)
+    run_id = add_run(db)
+    assert claim_run(db, worker="host-a:1") == run_id
+    lease = Lease.of(db, run_id, "host-a:1")
+    if end == "sink":
+        sink = DatabaseSink(db, run_id, worker="host-a:1", lease=lease)
+        sink.on_batches(make_chunk(0, 10))
+        sink.on_end(_end())
+        sink.close()
+    else:
+        finish_run(db, run_id, worker="host-a:1", status="completed", error=None, duration_s=1.0, lease=lease)
+    with db.connect() as conn:
+        now = conn.execute(select(db_now(conn))).scalar_one()
+        started, finished = conn.execute(select(Run.started_at, Run.finished_at).where(Run.id == run_id)).one()
+    now = now.replace(tzinfo=None)
+    for name, stamp in (("started_at", started), ("finished_at", finished)):
+        lag = (now - stamp.replace(tzinfo=None)).total_seconds()
+        assert 0 <= lag < 60, f"{name} is {lag:.0f} s before the database's now: the worker's clock, not the database's"

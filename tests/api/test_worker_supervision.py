@@ -23,7 +23,9 @@ from html_dom import parse_html
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session
 
+import app.storage.models as models_module
 import app.worker.claim as worker_module
+import app.worker.sink as sink_module
 from app.core.config import Settings
 from app.storage.engine import init_db, make_engine
 from app.storage.models import Run
@@ -218,7 +220,8 @@ def _skewed_clock(monkeypatch: pytest.MonkeyPatch, by: timedelta, *, only_off_ma
         skewed = not only_off_main or threading.current_thread() is not main
         return datetime.now(UTC) + (by if skewed else timedelta(0))
 
-    monkeypatch.setattr(worker_module, "utcnow", utcnow)
+    for module in (models_module, worker_module, sink_module):  # wherever a worker could read its clock from
+        monkeypatch.setattr(module, "utcnow", utcnow, raising=False)
 
 
 def test_a_worker_whose_clock_is_an_hour_behind_is_not_reaped(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
