@@ -5,6 +5,7 @@ Nothing is built at import time; `uvicorn --factory app.main:create_app` or `col
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import uuid
@@ -15,12 +16,15 @@ from pathlib import Path
 import anyio
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
@@ -29,6 +33,7 @@ from app.budgets import BodyLimitMiddleware, TooLarge, shutdown_reader
 from app.core.config import Settings
 from app.errors import Conflict, InputError, NotFound
 from app.pages import routes as pages
+from app.pages.rendering import PageError, error_page
 from app.security import SecurityMiddleware, csrf_value
 from app.storage.engine import init_db, make_engine
 from app.storage.feed import FeedHub
@@ -90,7 +95,40 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine.dispose()
 
 
+def _is_page(request: Request) -> bool:
+    """A request for a page (anything outside /api and /static): its errors are error pages, not JSON."""
+    path = request.url.path
+    return not (path == "/api" or path.startswith(("/api/", "/static/")))
+
+
+def _query_problems(exc: RequestValidationError) -> str:
+    """A page's bad query as one sentence: 'offset: Input should be a valid integer (got "abc")'."""
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "path"))
+        got = f" (got {json.dumps(e['input'])[:80]})" if isinstance(e.get("input"), str | int | float) else ""
+        parts.append(f"{where}: {e.get('msg', 'invalid')}{got}" if where else f"{e.get('msg', 'invalid')}{got}")
+    return "; ".join(parts) or "The address holds a value this page cannot read."
+
+
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if _is_page(request):
+            return error_page(request, PageError(422, "Bad address", _query_problems(exc)))
+        return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_page(request) and exc.status_code in (404, 405):
+            title, message = (
+                ("Page not found", f"There is no page at {request.url.path}.")
+                if exc.status_code == 404
+                else ("Method not allowed", f"{request.method} is not how {request.url.path} is used.")
+            )
+            return error_page(request, PageError(exc.status_code, title, message))
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)

@@ -294,6 +294,31 @@ def test_a_page_with_a_bad_number_in_its_query_is_its_422_page(client: TestClien
     assert response.headers["content-type"].startswith("text/html")
 
 
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [("/sweeps?offset=abc", "offset: Input should be a valid integer"), ("/?offset=x", "offset: Input should be"),
+     ("/sweeps?offset=-1", "offset: Input should be greater than or equal to 0")],
+)  # fmt: skip
+def test_a_page_whose_query_fails_validation_is_an_error_page_naming_the_parameter(
+    client: TestClient, url: str, words: str
+) -> None:
+    response = client.get(url)
+    assert response.status_code == 422 and response.headers["content-type"].startswith("text/html"), response.text
+    page = parse_html(response.text)
+    assert page.find("h1").text == "Bad address" and words in page.find("div", id="not-found").text
+
+
+def test_an_unknown_page_or_method_is_an_error_page_while_the_api_answers_json(client: TestClient) -> None:
+    missing = client.get("/runz")
+    assert missing.status_code == 404 and "There is no page at /runz." in missing.text
+    assert client.post("/sweeps/new/x").status_code in (404, 405)
+    wrong = client.delete("/runs/new")
+    assert wrong.status_code == 405 and parse_html(wrong.text).find("h1").text == "Method not allowed"
+    assert client.get("/api/runz").json() == {"detail": "Not Found"}
+    api = client.get("/api/runs?offset=abc")
+    assert api.status_code == 422 and api.json()["detail"][0]["loc"] == ["query", "offset"]
+
+
 @pytest.mark.parametrize("field", ["dataset_id", "parent_id"])
 @pytest.mark.parametrize("value", ["²", "１", str(2**63), str(2**31), "9" * 5000])
 def test_the_run_form_with_a_bad_id_never_fails(client: TestClient, field: str, value: str) -> None:
