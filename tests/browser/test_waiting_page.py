@@ -11,12 +11,11 @@ import urllib.request
 
 import pytest
 from chromium import MISSING, OUTPUT, sync_api
+from factories import LONG
 
 pytestmark = pytest.mark.browser
 if MISSING:
     pytest.skip(MISSING, allow_module_level=True)
-
-LONG = {"epochs": 10_000, "batch_size": 32, "hidden_sizes": [16], "data": {"n_samples": 256}}
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
