@@ -14,19 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -e ".[test,postgres]"
-	$(MAKE) --no-print-directory plotly
 	touch $@
-
-# plotly.js's cartesian bundle (everything the pages draw, a third of the full bundle's size) from the
-# npm registry; app/assets.py checks its digest and serves the plotly package's full bundle without it
-PLOTLY_CARTESIAN := $(VENV)/share/collapsewatch/plotly-cartesian.min.js
-plotly:
-	@mkdir -p $(dir $(PLOTLY_CARTESIAN))
-	@command -v npm >/dev/null 2>&1 && cd $(dir $(PLOTLY_CARTESIAN)) && \
-		npm pack --silent plotly.js-cartesian-dist-min@4.1.1 >/dev/null 2>&1 && \
-		tar -xzf plotly.js-cartesian-dist-min-4.1.1.tgz --strip-components=1 package/plotly-cartesian.min.js && \
-		rm -f plotly.js-cartesian-dist-min-4.1.1.tgz || \
-		echo "npm or its registry not reachable: the pages use the plotly package's full bundle"
 
 install: $(VENV)/.installed
 
@@ -44,6 +32,11 @@ test: install browser-deps
 
 lint: install
 	$(VENV)/bin/ruff check app trainer tests bench collapsewatch
+
+# Rebuilds the committed static/vendor/plotly-collapsewatch.min.js (needs npm and its registry); set-up
+# does not: only a change of plotly.js version or of the traces the pages draw does
+plotly:
+	scripts/plotly/build.sh
 
 bench: install
 	$(PY) -m pip install -e ".[bench]"

@@ -1,6 +1,6 @@
 // The sweep page's charts, drawn from the trials its live part carries (templates/sweeps/_trials.html):
 // the objective of each trial with the best so far, parallel coordinates over the searched fields and the
-// objective (a line chart over normalised axes: the cartesian Plotly bundle has no parcoords), and the
+// objective (a line chart over normalised axes: the pages' Plotly build has no parcoords), and the
 // collapse rate over two fields the user picks, numeric fields in bins.
 
 import { COLORS, PLOT_CONFIG, baseLayout, schemeLayout } from "./plot_style.js";

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from app.assets import CARTESIAN_PATH, CARTESIAN_VERSION, plotly_bundle
+from app.assets import PARTIAL_NAME, PARTIAL_PATH, plotly_bundle
 from app.storage.models import Run
 
 
@@ -47,13 +47,12 @@ def _src(html: str, needle: str) -> str:
     return next(url for url in parser.urls if needle in url)
 
 
-def test_plotly_is_the_pinned_cartesian_bundle_when_set_up_fetched_it() -> None:
+def test_plotly_is_the_partial_build_in_the_repository() -> None:
     bundle = plotly_bundle()
-    if not CARTESIAN_PATH.is_file():
-        pytest.skip(f"{CARTESIAN_PATH} absent (no npm at set-up): the full bundle is served")
-    assert bundle.name == f"cartesian {CARTESIAN_VERSION}"
-    assert len(bundle.body) < 2_000_000  # a third of the full bundle's 4.8 MB
-    assert bundle.body.lstrip().startswith(b"/**\n* plotly.js (cartesian - minified) v4.1.1")
+    assert PARTIAL_PATH.is_file(), "static/vendor/plotly-collapsewatch.min.js is part of the repository"
+    assert bundle.name == PARTIAL_NAME and bundle.body == PARTIAL_PATH.read_bytes()
+    assert len(bundle.body) < 1_300_000  # plotly.js's cartesian bundle is 1.5 MB, the full one 4.8 MB
+    assert bundle.body.startswith(b"/* plotly.js 4.1.1 (MIT"), "its first line names the version and the license"
 
 
 def test_plotly_is_gzipped_and_cached_as_immutable_under_its_versioned_url(client: TestClient, engine: Engine) -> None:
