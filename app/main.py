@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,10 +113,11 @@ def _query_problems(exc: RequestValidationError) -> str:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    # the error page's header may read the database: in a thread, not the event loop's
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         if _is_page(request):
-            return error_page(request, PageError(422, "Bad address", _query_problems(exc)))
+            return await run_in_threadpool(error_page, request, PageError(422, "Bad address", _query_problems(exc)))
         return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
@@ -126,7 +128,9 @@ def _add_error_handlers(app: FastAPI) -> None:
                 if exc.status_code == 404
                 else ("Method not allowed", f"{request.method} is not how {request.url.path} is used.")
             )
-            return error_page(request, PageError(exc.status_code, title, message))
+            page = await run_in_threadpool(error_page, request, PageError(exc.status_code, title, message))
+            page.headers.update(exc.headers or {})  # a 405's Allow
+            return page
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(NotFound)

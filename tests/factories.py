@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+import app.storage.models as models_module
 from app.storage.models import Run
 from app.worker.claim import run_worker
 from app.worker.sink import DatabaseSink
@@ -256,3 +259,21 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def skew_clock(monkeypatch: Any, by: timedelta, *, only_off_main: bool = False) -> int:
+    """This process's clock, as the app reads it (`utcnow`, wherever it was imported), `by` off; with
+    only_off_main for other threads only (the test's own thread, standing in for another host, keeps the true
+    time). Returns how many modules it patched."""
+    main, true_utcnow = threading.main_thread(), models_module.utcnow
+
+    def utcnow() -> datetime:
+        skewed = not only_off_main or threading.current_thread() is not main
+        return datetime.now(UTC) + (by if skewed else timedelta(0))
+
+    patched = 0
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in ("app", "trainer", "collapsewatch") and getattr(module, "utcnow", None) is true_utcnow:
+            monkeypatch.setattr(module, "utcnow", utcnow)
+            patched += 1
+    return patched

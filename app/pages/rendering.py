@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy.exc import OperationalError
 
 from app.worker.hosts import WorkersOverview, header_overview
 from app.worker.pool import WorkerPool
@@ -38,7 +39,10 @@ def worker_status(request: Request) -> WorkersOverview | None:
     if cached is not None and now - cached[0] < HEADER_SECONDS:
         return cached[1]
     pool: WorkerPool | None = getattr(state, "worker_pool", None)
-    overview = header_overview(state.engine, pool, stale_after_seconds=state.settings.stale_after_seconds)
+    try:
+        overview = header_overview(state.engine, pool, stale_after_seconds=state.settings.stale_after_seconds)
+    except OperationalError:  # a busy or unreachable database: the page says what it can (an error page stays one)
+        return cached[1] if cached is not None else None
     state.workers_header = (now, overview)
     return overview
 

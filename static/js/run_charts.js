@@ -251,7 +251,13 @@ export function createRunCharts(meta, first = {}, view = createChartView()) {
     if (!due.size) requestAnimationFrame(() => {
       const now = due;
       due = new Set(); // first: a chart that throws must not hold back every later change
-      for (const c of now) c.setSettings(c.pendingSettings);
+      for (const c of now) {
+        try {
+          c.setSettings(c.pendingSettings);
+        } catch (err) {
+          queueMicrotask(() => { throw err; }); // reported as the page's error, the other charts still change
+        }
+      }
     });
     due.add(chart);
   }

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from html_dom import parse_html
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from app.core.config import Settings
@@ -314,6 +315,7 @@ def test_an_unknown_page_or_method_is_an_error_page_while_the_api_answers_json(c
     assert client.post("/sweeps/new/x").status_code in (404, 405)
     wrong = client.delete("/runs/new")
     assert wrong.status_code == 405 and parse_html(wrong.text).find("h1").text == "Method not allowed"
+    assert "GET" in wrong.headers["allow"], "a 405 names the methods the page takes"
     assert client.get("/api/runz").json() == {"detail": "Not Found"}
     api = client.get("/api/runs?offset=abc")
     assert api.status_code == 422 and api.json()["detail"][0]["loc"] == ["query", "offset"]
@@ -404,3 +406,18 @@ def test_an_error_after_the_response_started_is_not_answered_twice(app: FastAPI)
     # the status line is already out: no 500 can follow, so the error ends the response (and connection)
     with TestClient(app, base_url=LOCAL) as test_client, pytest.raises(RuntimeError, match="mid-stream"):
         test_client.get("/api/half")
+
+
+def test_an_error_page_stays_itself_while_the_database_is_unreachable(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.pages.rendering as rendering
+
+    def unreachable(*_args: object, **_kwargs: object) -> None:
+        raise OperationalError("SELECT ...", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(rendering, "header_overview", unreachable)
+    client.app.state.workers_header = None  # nothing cached: the header has to read
+    missing = client.get("/runz")
+    assert missing.status_code == 404 and "There is no page at /runz." in missing.text, missing.text[:300]
+    assert "SELECT" not in missing.text and "unable to open" not in missing.text

@@ -7,18 +7,15 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from factories import LONG, TINY, WorkerThread, add_run, make_chunk, make_eval, make_warning, wait_until
+from factories import LONG, TINY, WorkerThread, add_run, make_chunk, make_eval, make_warning, skew_clock, wait_until
 from sqlalchemy import Engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
-import app.storage.models as models_module
-import app.worker.claim as claim_module
-import app.worker.sink as sink_module
 from app.storage import crud
 from app.storage.clock import db_now
 from app.storage.engine import init_db, make_engine
@@ -307,12 +304,7 @@ def test_a_worker_with_a_skewed_clock_stamps_the_database_clock(
 ) -> None:
     """started_at and finished_at are the database's times, as heartbeats are: a worker whose clock is an hour
     ahead cannot make a run look an hour long, or started before it was queued."""
-
-    def ahead() -> datetime:
-        return datetime.now(UTC) + timedelta(hours=1)
-
-    for module in (models_module, claim_module, sink_module):  # wherever a worker could read its clock from
-        monkeypatch.setattr(module, "utcnow", ahead, raising=False)
+    assert skew_clock(monkeypatch, timedelta(hours=1)) >= 2, "the app's clock readers were found"
     run_id = add_run(db)
     assert claim_run(db, worker="host-a:1") == run_id
     lease = Lease.of(db, run_id, "host-a:1")

@@ -52,7 +52,9 @@ def test_plotly_is_the_partial_build_in_the_repository() -> None:
     assert PARTIAL_PATH.is_file(), "static/vendor/plotly-collapsewatch.min.js is part of the repository"
     assert bundle.name == PARTIAL_NAME and bundle.body == PARTIAL_PATH.read_bytes()
     assert len(bundle.body) < 1_300_000  # plotly.js's cartesian bundle is 1.5 MB, the full one 4.8 MB
-    assert bundle.body.startswith(b"/* plotly.js 4.1.1 (MIT"), "its first line names the version and the license"
+    assert bundle.body.startswith(b"/* plotly.js 4.1.1, Copyright (c) Plotly, Inc., MIT license"), "version, license"
+    licenses = PARTIAL_PATH.with_name("plotly-collapsewatch.LICENSES.txt").read_text()
+    assert "plotly.js 4.1.1 (MIT)" in licenses and "@plotly/d3 3.8.2 (BSD-3-Clause)" in licenses
 
 
 def test_plotly_is_gzipped_and_cached_as_immutable_under_its_versioned_url(client: TestClient, engine: Engine) -> None:

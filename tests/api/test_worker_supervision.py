@@ -16,16 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
-from factories import LONG, TINY, WorkerThread, add_run, config, wait_until
+from factories import LONG, TINY, WorkerThread, add_run, config, skew_clock, wait_until
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from html_dom import parse_html
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session
 
-import app.storage.models as models_module
 import app.worker.claim as worker_module
-import app.worker.sink as sink_module
 from app.core.config import Settings
 from app.storage.engine import init_db, make_engine
 from app.storage.models import Run
@@ -211,21 +209,8 @@ def _post_run(url: str) -> int | None:
 
 
 # --- finding 2: heartbeats and the stale check read the database's clock ---------------------------
-def _skewed_clock(monkeypatch: pytest.MonkeyPatch, by: timedelta, *, only_off_main: bool = False) -> None:
-    """This process's clock as app.worker reads it, `by` off; with only_off_main, for worker threads
-    only (the test's own thread, standing in for another host, keeps the true time)."""
-    main = threading.main_thread()
-
-    def utcnow() -> datetime:
-        skewed = not only_off_main or threading.current_thread() is not main
-        return datetime.now(UTC) + (by if skewed else timedelta(0))
-
-    for module in (models_module, worker_module, sink_module):  # wherever a worker could read its clock from
-        monkeypatch.setattr(module, "utcnow", utcnow, raising=False)
-
-
 def test_a_worker_whose_clock_is_an_hour_behind_is_not_reaped(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    _skewed_clock(monkeypatch, timedelta(hours=-1), only_off_main=True)
+    skew_clock(monkeypatch, timedelta(hours=-1), only_off_main=True)
     run_id = add_run(engine, **LONG)
     with WorkerThread(engine, stale_after_seconds=1.0):
         wait_until(lambda: _run(engine, run_id).steps > 0, timeout=20, what="training")
@@ -253,10 +238,10 @@ def test_the_stale_check_reads_the_database_clock_not_the_reapers(
     fresh = add_run(engine)
     assert claim_run(engine, worker="alive") == fresh
     silent = silent_run("gone")
-    _skewed_clock(monkeypatch, timedelta(hours=1))  # a reaper an hour ahead reaps no live run
+    skew_clock(monkeypatch, timedelta(hours=1))  # a reaper an hour ahead reaps no live run
     assert reap_stale_runs(engine, stale_after_seconds=30) == [silent]
     silent = silent_run("gone too")
-    _skewed_clock(monkeypatch, timedelta(hours=-1))  # nor does one an hour behind spare a silent one
+    skew_clock(monkeypatch, timedelta(hours=-1))  # nor does one an hour behind spare a silent one
     assert reap_stale_runs(engine, stale_after_seconds=30) == [silent]
     assert _run(engine, fresh).status == "running"
     with engine.connect() as conn:
@@ -271,7 +256,7 @@ def test_database_clock_on_postgresql_ignores_the_session_time_zone(
     try:
         init_db(engine)
         run_id = add_run(engine)
-        _skewed_clock(monkeypatch, timedelta(hours=-3))
+        skew_clock(monkeypatch, timedelta(hours=-3))
         assert claim_run(engine, worker="w") == run_id
         Heartbeat(engine, run_id, "w", 0.2)._tick(beat=True)
         beat = _run(engine, run_id).heartbeat_at

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 from chromium import MISSING, OUTPUT, sync_api
-from factories import EXPLODING
+from factories import EXPLODING, LONG, wait_until
 
 pytestmark = pytest.mark.browser
 if MISSING:
@@ -23,9 +23,18 @@ def _post(base: str, path: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+def _status(base: str, run_id: int) -> str:
+    with urllib.request.urlopen(f"{base}/api/runs/{run_id}", timeout=10) as response:
+        return json.loads(response.read())["status"]
+
+
 def test_the_lineage_grows_and_ends_on_the_first_attempts_page_without_a_reload(
     page: sync_api.Page, server: str
 ) -> None:
+    # the server's one worker is kept busy until the page is open: the first attempt waits in the queue, and
+    # everything the doctor does after it happens while the page looks on
+    blocker = _post(server, "/api/runs", {"config": LONG})
+    wait_until(lambda: _status(server, blocker["id"]) == "running", timeout=60, what="the blocker to run")
     # an exploding lr: each attempt warns, is stopped, and the doctor queues the advice as the next one
     body = {"preset": "collapse-prone", "config": {**EXPLODING, "epochs": 3}, "doctor": True, "doctor_max_attempts": 2}
     first = _post(server, "/api/runs", body)
@@ -34,6 +43,7 @@ def test_the_lineage_grows_and_ends_on_the_first_attempts_page_without_a_reload(
     assert page.locator("#doctor li.attempt").count() == 1
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None)
+    _post(server, f"/api/runs/{blocker['id']}/cancel", {})
 
     page.wait_for_function("() => document.querySelectorAll('#doctor li.attempt').length === 2", timeout=120_000)
     second = page.locator("#doctor li.attempt").nth(1)

@@ -12,15 +12,15 @@ pytestmark = pytest.mark.browser
 if MISSING:
     pytest.skip(MISSING, allow_module_level=True)
 
-# a trace's type in the page scripts: { type: "scatter", ... } (axis types are "log", "category", ...)
+# a trace's type in the page scripts: { type: "scatter", ... }; the same key names axis and shape types
 TRACE_TYPE = re.compile(r'\btype:\s*"([a-z0-9]+)"')
-AXIS_TYPES = {"linear", "log", "date", "category", "multicategory", "line", "-"}
+NOT_TRACES = {"linear", "log", "date", "category", "multicategory", "-", "line", "rect", "circle", "path"}
 
 
 def _used_trace_types() -> set[str]:
     found = set()
     for script in (ROOT / "static" / "js").glob("*.js"):
-        found |= set(TRACE_TYPE.findall(script.read_text())) - AXIS_TYPES
+        found |= set(TRACE_TYPE.findall(script.read_text())) - NOT_TRACES
     return found
 
 
