@@ -260,7 +260,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(api_router, prefix="/api")
 
-    @app.get(PLOTLY_URL, include_in_schema=False)
+    @app.api_route(PLOTLY_URL, methods=["GET", "HEAD"], include_in_schema=False)
     def plotly_js(request: Request) -> Response:
         return plotly_bundle().respond(request)
 

@@ -13,6 +13,8 @@ from app.worker.hosts import WorkersOverview, header_overview
 from app.worker.pool import WorkerPool
 
 HEADER_SECONDS = 2.0  # how old the header's worker count may be
+# a page answers HEAD as it answers GET (monitors and `curl -I` ask that way; uvicorn sends no body for it)
+PAGE_METHODS = ["GET", "HEAD"]
 CSRF_REFUSED = "This form was not sent by one of this server's pages (its CSRF token is missing or old): reload it."
 
 

@@ -20,7 +20,7 @@ from app.pages.compare import compare_runs
 from app.pages.config_form import config_differences, display_value, flatten, form_values
 from app.pages.doctor_view import doctor_tree
 from app.pages.lineage import advice_states, lineage
-from app.pages.rendering import CSRF_REFUSED, PageError, error_page, render, worker_status
+from app.pages.rendering import CSRF_REFUSED, PAGE_METHODS, PageError, error_page, render, worker_status
 from app.pages.run_data import applicable_fields, run_dataset
 from app.pages.run_form import find_run, form_context, parse_id, preset_values, queue_from_form
 from app.pages.runs_list import ListQueryError, runs_context
@@ -75,7 +75,7 @@ def _list_query(
 ListQuery = Annotated[dict[str, Any], Depends(_list_query)]
 
 
-@router.get("/", name="pages:runs", response_class=HTMLResponse)
+@router.api_route("/", methods=PAGE_METHODS, name="pages:runs", response_class=HTMLResponse)
 def list_runs_page(request: Request, session: SessionDep, query: ListQuery) -> Response:
     try:
         return render(request, "runs/list.html", _runs_context(request, session, query))
@@ -83,7 +83,7 @@ def list_runs_page(request: Request, session: SessionDep, query: ListQuery) -> R
         return error_page(request, err)
 
 
-@router.get("/partials/runs", name="pages:runs_rows", response_class=HTMLResponse)
+@router.api_route("/partials/runs", methods=PAGE_METHODS, name="pages:runs_rows", response_class=HTMLResponse)
 def list_runs_rows(request: Request, session: SessionDep, query: ListQuery) -> Response:
     try:
         return render(request, "runs/_rows.html", _runs_context(request, session, query))
@@ -92,7 +92,7 @@ def list_runs_rows(request: Request, session: SessionDep, query: ListQuery) -> R
 
 
 # --- new run --------------------------------------------------------------------------------------
-@router.get("/runs/new", name="pages:new_run", response_class=HTMLResponse)
+@router.api_route("/runs/new", methods=PAGE_METHODS, name="pages:new_run", response_class=HTMLResponse)
 def new_run_page(
     request: Request, session: SessionDep, preset: str | None = None, parent: int | None = None
 ) -> Response:
@@ -169,7 +169,7 @@ def _chart_meta(request: Request, run: RunPublic) -> dict[str, Any]:
     }
 
 
-@router.get("/runs/{run_id}", name="pages:run", response_class=HTMLResponse)
+@router.api_route("/runs/{run_id}", methods=PAGE_METHODS, name="pages:run", response_class=HTMLResponse)
 def run_page(request: Request, session: SessionDep, run_id: str) -> Response:
     try:
         run = load_run(session, run_id)
@@ -194,7 +194,7 @@ def run_page(request: Request, session: SessionDep, run_id: str) -> Response:
     return render(request, "runs/detail.html", context)
 
 
-@router.get("/runs/{run_id}/header", name="pages:run_header", response_class=HTMLResponse)
+@router.api_route("/runs/{run_id}/header", methods=PAGE_METHODS, name="pages:run_header", response_class=HTMLResponse)
 def run_header(request: Request, session: SessionDep, run_id: str) -> Response:
     try:
         run = load_run(session, run_id)
@@ -206,7 +206,9 @@ def run_header(request: Request, session: SessionDep, run_id: str) -> Response:
         return error_page(request, err)
 
 
-@router.get("/runs/{run_id}/warnings", name="pages:run_warnings", response_class=HTMLResponse)
+@router.api_route(
+    "/runs/{run_id}/warnings", methods=PAGE_METHODS, name="pages:run_warnings", response_class=HTMLResponse
+)
 def run_warnings(request: Request, session: SessionDep, run_id: str) -> Response:
     try:
         run = load_run(session, run_id)
@@ -231,7 +233,7 @@ def _parse_ids(ids: str) -> list[int]:
     return unique
 
 
-@router.get("/compare", name="pages:compare", response_class=HTMLResponse)
+@router.api_route("/compare", methods=PAGE_METHODS, name="pages:compare", response_class=HTMLResponse)
 def compare_page(request: Request, session: SessionDep, ids: str = "") -> Response:
     try:
         runs = [load_run(session, run_id) for run_id in _parse_ids(ids)]
@@ -271,7 +273,7 @@ def _safe_next(value: object) -> str:
     return text if text.startswith("/") and not text.startswith("//") and "\\" not in text else "/"
 
 
-@router.get("/login", response_class=HTMLResponse, name="login")
+@router.api_route("/login", methods=PAGE_METHODS, response_class=HTMLResponse, name="login")
 def login_page(request: Request, next: str = "/") -> Response:
     if not request.app.state.settings.token:
         return RedirectResponse(_safe_next(next), status_code=303)

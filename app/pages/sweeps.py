@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import SessionDep
 from app.budgets import Limits
 from app.errors import NotFound
-from app.pages.rendering import CSRF_REFUSED, PageError, error_page, render
+from app.pages.rendering import CSRF_REFUSED, PAGE_METHODS, PageError, error_page, render
 from app.pages.run_form import parse_id
 from app.pages.sweeps_form import queue_sweep_from_form, sweep_form_context
 from app.pages.sweeps_view import OBJECTIVE_LABELS, sweep_context
@@ -37,7 +37,7 @@ def load_sweep(session: SessionDep, sweep_id: str) -> SweepPublic:
     raise PageError(404, f"Sweep {sweep_id} not found", f"There is no sweep {sweep_id}; see the sweeps list.")
 
 
-@router.get("/sweeps", name="pages:sweeps", response_class=HTMLResponse)
+@router.api_route("/sweeps", methods=PAGE_METHODS, name="pages:sweeps", response_class=HTMLResponse)
 def list_sweeps_page(
     request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0
 ) -> Response:
@@ -55,7 +55,7 @@ def list_sweeps_page(
     return render(request, "sweeps/list.html", context)
 
 
-@router.get("/sweeps/new", name="pages:new_sweep", response_class=HTMLResponse)
+@router.api_route("/sweeps/new", methods=PAGE_METHODS, name="pages:new_sweep", response_class=HTMLResponse)
 def new_sweep_page(request: Request) -> Response:
     return render(request, "sweeps/new.html", sweep_form_context())
 
@@ -73,7 +73,7 @@ async def create_sweep_from_form(request: Request, session: SessionDep) -> Respo
     return render(request, "sweeps/new.html", context, 422)
 
 
-@router.get("/sweeps/{sweep_id}", name="pages:sweep", response_class=HTMLResponse)
+@router.api_route("/sweeps/{sweep_id}", methods=PAGE_METHODS, name="pages:sweep", response_class=HTMLResponse)
 def sweep_page(request: Request, session: SessionDep, sweep_id: str) -> Response:
     try:
         sweep = load_sweep(session, sweep_id)
@@ -88,7 +88,7 @@ def sweep_page(request: Request, session: SessionDep, sweep_id: str) -> Response
     return render(request, "sweeps/detail.html", {**sweep_context(session, sweep), "sweep_meta": meta})
 
 
-@router.get("/sweeps/{sweep_id}/live", name="pages:sweep_live", response_class=HTMLResponse)
+@router.api_route("/sweeps/{sweep_id}/live", methods=PAGE_METHODS, name="pages:sweep_live", response_class=HTMLResponse)
 def sweep_live(request: Request, session: SessionDep, sweep_id: str) -> Response:
     try:
         sweep = load_sweep(session, sweep_id)

@@ -421,3 +421,13 @@ def test_an_error_page_stays_itself_while_the_database_is_unreachable(
     missing = client.get("/runz")
     assert missing.status_code == 404 and "There is no page at /runz." in missing.text, missing.text[:300]
     assert "SELECT" not in missing.text and "unable to open" not in missing.text
+
+
+def test_pages_answer_head_as_they_answer_get_and_the_api_keeps_its_methods(client: TestClient) -> None:
+    run_id = client.post("/api/runs", json={"config": {"epochs": 1}}).json()["id"]
+    for url in ["/", "/runs/new", f"/runs/{run_id}", "/sweeps", "/static/vendor/plotly.min.js"]:
+        head, get = client.head(url), client.get(url)
+        assert head.status_code == get.status_code == 200, url
+        assert head.headers["content-type"] == get.headers["content-type"], url
+    assert client.head("/runs/999999").status_code == 404
+    assert client.head("/api/runs").status_code == 405, "the API's documented methods are its methods"
