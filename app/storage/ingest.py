@@ -40,7 +40,7 @@ from app.storage.models import SEVERITY_RANK, EvalStat, Run, RunWarning, utcnow
 from app.storage.reads import _read as read_batches
 from app.storage.rollups import Rollup
 from app.storage.values import to_json_safe
-from app.storage.writes import eval_values, resume_rollup, warning_values, write_chunks
+from app.storage.writes import eval_values, insert_warning, resume_rollup, write_chunks
 from app.worker.claim import LOST_PREFIX, db_now, reclaim_run
 from trainer import BATCH_COLUMNS, EVAL_METRICS, Advice, BatchChunk, CollapseWarning, EvalRecord
 
@@ -242,7 +242,7 @@ def append_warning(*, session: Session, run_id: int, body: WarningIn) -> bool:
         )
     ).first()
     if repeat is None:
-        conn.execute(insert(RunWarning), [warning_values(run_id, warning)])
+        insert_warning(conn, run_id, warning)
         summary: dict[str, Any] = {"warning_count": Run.warning_count + 1}
         if SEVERITY_RANK[warning.severity] > SEVERITY_RANK.get(row.max_severity or "", -1):
             summary["max_severity"] = warning.severity

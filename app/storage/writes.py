@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from app.storage.chunks import (
     BLOCK_COLUMNS,
@@ -22,7 +22,8 @@ from app.storage.chunks import (
     merge_chunks,
     nan_masks,
 )
-from app.storage.models import Run, StatBlock, utcnow
+from app.storage.clock import db_now
+from app.storage.models import Run, RunWarning, StatBlock
 from app.storage.reads import _blocks as read_blocks
 from app.storage.reads import _read as read_batches
 from app.storage.rollups import FANOUT, LEVELS, Rollup, Segments, encode_hists, encode_stats
@@ -119,6 +120,11 @@ def eval_values(run_id: int, record: EvalRecord) -> dict[str, Any]:
     }
 
 
+def insert_warning(conn: Connection, run_id: int, warning: CollapseWarning) -> None:
+    """Store a warning, stamped with the database's clock (a worker's or client's may be skewed)."""
+    conn.execute(insert(RunWarning).values(**warning_values(run_id, warning), created_at=db_now(conn)))
+
+
 def warning_values(run_id: int, warning: CollapseWarning) -> dict[str, Any]:
     advice = warning.advice
     return {
@@ -129,5 +135,4 @@ def warning_values(run_id: int, warning: CollapseWarning) -> dict[str, Any]:
         "message": warning.message,
         "evidence": to_json_safe(dict(warning.evidence)),
         "advice": None if advice is None else to_json_safe({"message": advice.message, "overrides": advice.overrides}),
-        "created_at": utcnow(),
     }

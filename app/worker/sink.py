@@ -25,10 +25,10 @@ from sqlalchemy import Engine, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.storage.clock import db_now
-from app.storage.models import SEVERITY_RANK, EvalStat, Run, RunWarning
+from app.storage.models import SEVERITY_RANK, EvalStat, Run
 from app.storage.rollups import Rollup
 from app.storage.values import to_json_safe
-from app.storage.writes import eval_values, warning_values, write_chunks
+from app.storage.writes import eval_values, insert_warning, write_chunks
 from app.worker.lease import Lease, LeaseLost
 from trainer import BATCH_COLUMNS, BatchChunk, CollapseWarning, EvalRecord, RunInfo, TrainResult
 
@@ -276,7 +276,7 @@ class DatabaseSink:
         conn.execute(update(Run).where(Run.id == self.run_id).values(info=details, num_classes=info.num_classes))
 
     def _write_warning(self, conn: Any, warning: CollapseWarning) -> None:
-        conn.execute(insert(RunWarning), [warning_values(self.run_id, warning)])
+        insert_warning(conn, self.run_id, warning)
         rank = SEVERITY_RANK.get(warning.severity, 0)
         values: dict[str, Any] = {"warning_count": Run.warning_count + 1}
         if rank > self._max_severity:

@@ -302,8 +302,8 @@ def test_a_row_locked_by_a_stalled_writer_does_not_hold_up_the_reaper(pg_engines
 def test_a_worker_with_a_skewed_clock_stamps_the_database_clock(
     db: Engine, monkeypatch: pytest.MonkeyPatch, end: str
 ) -> None:
-    """started_at and finished_at are the database's times, as heartbeats are: a worker whose clock is an hour
-    ahead cannot make a run look an hour long, or started before it was queued."""
+    """started_at, finished_at and a warning's created_at are the database's times, as heartbeats are: a worker
+    whose clock is an hour ahead cannot make a run look an hour long, or started before it was queued."""
     assert skew_clock(monkeypatch, timedelta(hours=1)) >= 2, "the app's clock readers were found"
     run_id = add_run(db)
     assert claim_run(db, worker="host-a:1") == run_id
@@ -311,6 +311,7 @@ def test_a_worker_with_a_skewed_clock_stamps_the_database_clock(
     if end == "sink":
         sink = DatabaseSink(db, run_id, worker="host-a:1", lease=lease)
         sink.on_batches(make_chunk(0, 10))
+        sink.on_warning(make_warning(5))
         sink.on_end(_end())
         sink.close()
     else:
@@ -318,7 +319,13 @@ def test_a_worker_with_a_skewed_clock_stamps_the_database_clock(
     with db.connect() as conn:
         now = conn.execute(select(db_now(conn))).scalar_one()
         started, finished = conn.execute(select(Run.started_at, Run.finished_at).where(Run.id == run_id)).one()
+        warned = conn.execute(select(RunWarning.created_at).where(RunWarning.run_id == run_id)).scalars().all()
+    assert len(warned) == (1 if end == "sink" else 0)
     now = now.replace(tzinfo=None)
-    for name, stamp in (("started_at", started), ("finished_at", finished)):
+    for name, stamp in (
+        ("started_at", started),
+        ("finished_at", finished),
+        *(("a warning's created_at", w) for w in warned),
+    ):
         lag = (now - stamp.replace(tzinfo=None)).total_seconds()
         assert 0 <= lag < 60, f"{name} is {lag:.0f} s before the database's now: the worker's clock, not the database's"
