@@ -33,22 +33,35 @@ def offline(settings: Settings) -> Iterator[tuple[TestClient, Engine]]:
         app.state.engine.dispose()
 
 
+def _seed_sweep(client: TestClient, engine: Engine, storage: object, n_trials: int) -> tuple[dict, list[int]]:
+    """A random sweep over the seed with `n_trials` trials, all at once, driven once: (the sweep, its runs)."""
+    body = {"config": TINY, "search_space": {"seed": {"low": 0, "high": 100}}, "sampler": "random",
+            "n_trials": n_trials, "parallelism": n_trials}  # fmt: skip
+    sweep = client.post("/api/sweeps", json=body).json()
+    drive_sweep(engine, storage, sweep["id"])
+    return sweep, [t["run_id"] for t in client.get(f"/api/sweeps/{sweep['id']}").json()["trials"]]
+
+
+def _set_run(engine: Engine, run_id: int, **values: object) -> None:
+    """What a worker's writes amount to, stored behind the driver's back."""
+    with Session(engine) as session:
+        session.exec(update(Run).where(col(Run.id) == run_id).values(**values))
+        session.commit()
+
+
 def test_a_lost_workers_trial_is_failed_and_the_sweep_queues_the_next_and_completes(
     offline: tuple[TestClient, Engine], settings: Settings
 ) -> None:
     client, engine = offline
+    storage = optuna_storage(settings.database_url)
     body = {"config": TINY, "search_space": {"seed": {"low": 0, "high": 100}}, "sampler": "random", "n_trials": 2,
             "parallelism": 1}  # fmt: skip
     sweep = client.post("/api/sweeps", json=body).json()
-    storage = optuna_storage(settings.database_url)
     drive_sweep(engine, storage, sweep["id"])
     (first,) = [t["run_id"] for t in client.get(f"/api/sweeps/{sweep['id']}").json()["trials"]]
 
     # a worker claimed it and died: its last heartbeat is a minute old by the database's clock
-    with Session(engine) as session:
-        stale = update(Run).where(col(Run.id) == first)
-        session.exec(stale.values(status="running", worker="gone-host:1", heartbeat_at=db_now(engine, -60)))
-        session.commit()
+    _set_run(engine, first, status="running", worker="gone-host:1", heartbeat_at=db_now(engine, -60))
     assert reap_stale_runs(engine, stale_after_seconds=15) == [first]
 
     drive_sweep(engine, storage, sweep["id"])
@@ -58,9 +71,7 @@ def test_a_lost_workers_trial_is_failed_and_the_sweep_queues_the_next_and_comple
     second = going["trials"][1]["run_id"]
 
     write_stats(engine, second, [], evals=(make_eval(4, kl=0.4),))
-    with Session(engine) as session:
-        session.exec(update(Run).where(col(Run.id) == second).values(status="completed"))
-        session.commit()
+    _set_run(engine, second, status="completed")
     drive_sweep(engine, storage, sweep["id"])
     done = client.get(f"/api/sweeps/{sweep['id']}").json()
     assert done["status"] == "completed" and done["trials_finished"] == 2
@@ -73,15 +84,9 @@ def test_a_pruned_trial_that_ends_while_the_sweep_concludes_keeps_its_reason(
     offline: tuple[TestClient, Engine], settings: Settings
 ) -> None:
     client, engine = offline
-    body = {"config": TINY, "search_space": {"seed": {"low": 0, "high": 100}}, "sampler": "random", "n_trials": 1,
-            "parallelism": 1}  # fmt: skip
-    sweep = client.post("/api/sweeps", json=body).json()
     storage = optuna_storage(settings.database_url)
-    drive_sweep(engine, storage, sweep["id"])
-    (run_id,) = [t["run_id"] for t in client.get(f"/api/sweeps/{sweep['id']}").json()["trials"]]
-    with Session(engine) as session:
-        session.exec(update(Run).where(col(Run.id) == run_id).values(status="running", worker="w:1"))
-        session.commit()
+    sweep, (run_id,) = _seed_sweep(client, engine, storage, 1)
+    _set_run(engine, run_id, status="running", worker="w:1")
     write_stats(engine, run_id, [], warnings=(make_warning(12),))
     drive_sweep(engine, storage, sweep["id"])  # the critical warning: pruned, asked to stop
     assert client.get(f"/api/runs/{run_id}").json()["error"].startswith("pruned: critical collapse warning")
@@ -106,19 +111,14 @@ def test_the_sweeps_list_counts_each_sweeps_own_trials_in_three_queries(
 ) -> None:
     client, engine = offline
     storage = optuna_storage(settings.database_url)
-    ids, kls = [], {0: [0.5], 1: [0.7, 0.2]}
+    ids, kls = [], {1: [0.5], 2: [0.7, 0.2]}  # per trial of the sweep of 1 and of 2 trials
     for n_trials in (1, 2):
-        body = {"config": TINY, "search_space": {"seed": {"low": 0, "high": 100}}, "sampler": "random",
-                "n_trials": n_trials, "parallelism": n_trials}  # fmt: skip
-        ids.append(client.post("/api/sweeps", json=body).json()["id"])
-        drive_sweep(engine, storage, ids[-1])
-    for i, sweep_id in enumerate(ids):
-        for trial, kl in zip(client.get(f"/api/sweeps/{sweep_id}").json()["trials"], kls[i], strict=True):
-            write_stats(engine, trial["run_id"], [], evals=(make_eval(4, kl=kl),))
-            with Session(engine) as session:
-                session.exec(update(Run).where(col(Run.id) == trial["run_id"]).values(status="completed"))
-                session.commit()
-        drive_sweep(engine, storage, sweep_id)
+        sweep, runs = _seed_sweep(client, engine, storage, n_trials)
+        ids.append(sweep["id"])
+        for run_id, kl in zip(runs, kls[n_trials], strict=True):
+            write_stats(engine, run_id, [], evals=(make_eval(4, kl=kl),))
+            _set_run(engine, run_id, status="completed")
+        drive_sweep(engine, storage, sweep["id"])
 
     statements: list[str] = []
     listen = lambda *args: statements.append(args[2])  # noqa: E731  (before_cursor_execute's statement)
